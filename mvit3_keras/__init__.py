@@ -1,0 +1,34 @@
+"""mvit3-keras: MobileViTv3 (and MobileViTv1/v2 baselines) in Keras 3 for edge devices."""
+
+__version__ = "0.1.0"
+
+from mvit3_keras import layers  # noqa: F401  (registers the custom layers)
+from mvit3_keras.macs import count_macs
+from mvit3_keras.backbone import FEATURE_KEYS, backbone_features, create_backbone, create_model
+from mvit3_keras.registry import get_spec, list_models
+from mvit3_keras.summary import count_params
+
+__all__ = [
+    "FEATURE_KEYS",
+    "backbone_features",
+    "create_backbone",
+    "create_model",
+    "count_macs",
+    "count_params",
+    "get_spec",
+    "list_models",
+]
+
+from mvit3_keras.convert import (  # noqa: E402
+    CheckpointMismatchError,
+    load_cvnets_weights,
+    read_state_dict,
+    to_cvnets_state_dict,
+)
+
+__all__ += [
+    "CheckpointMismatchError",
+    "load_cvnets_weights",
+    "read_state_dict",
+    "to_cvnets_state_dict",
+]

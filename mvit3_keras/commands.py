@@ -1,0 +1,93 @@
+"""``mvit3`` sub-commands of the model zoo: ``list``, ``macs``, ``convert-weights``, ``demo``."""
+
+from __future__ import annotations
+
+import json
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("list", help="list the registered variants (params, MACs, top-1)")
+    p.add_argument("--pattern", default="*", help="shell pattern, e.g. 'mobilevitv3_*'")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(handler=_cmd_list)
+
+    p = subparsers.add_parser("macs", help="count MACs (official profiler rules and real)")
+    p.add_argument("name")
+    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N")
+    p.set_defaults(handler=_cmd_macs)
+
+    p = subparsers.add_parser(
+        "convert-weights",
+        help="convert an official ml-cvnets/MobileViTv3 checkpoint to .keras or .weights.h5",
+    )
+    p.add_argument("name", help="variant name (mvit3 list)")
+    p.add_argument("checkpoint", help=".pt/.pth (as released), or .npz")
+    p.add_argument("output", help="OUTPUT.keras (whole model) or OUTPUT.weights.h5")
+    p.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint")
+    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N",
+                   help="input size H [W] of the saved model (default 256)")
+    p.add_argument("--bgr-input", action="store_true",
+                   help="keep the official channel order (v1 family: BGR) instead of RGB")
+    p.add_argument("--no-strict", action="store_true",
+                   help="load matching weights only instead of failing on any mismatch")
+    p.set_defaults(handler=_cmd_convert)
+
+    p = subparsers.add_parser("demo", help="the end-to-end demo of the README")
+    p.add_argument("--output", default="outputs/demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
+    p.set_defaults(handler=_cmd_demo)
+
+
+def _image_shape(sizes):
+    if len(sizes) not in (1, 2):
+        raise ValueError("--image-size takes one or two numbers (H [W])")
+    h = sizes[0]
+    w = sizes[-1]
+    return (h, w, 3)
+
+
+def _cmd_list(args) -> int:
+    from mvit3_keras.registry import list_models
+    from mvit3_keras.summary import format_table, variant_table
+
+    rows = variant_table(list_models(args.pattern))
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+def _cmd_macs(args) -> int:
+    from mvit3_keras.backbone import create_model
+    from mvit3_keras.macs import count_macs
+    from mvit3_keras.summary import count_params
+
+    shape = _image_shape(args.image_size)
+    model = create_model(args.name, input_shape=shape)
+    macs = count_macs(model)
+    print(
+        f"{args.name} @ {shape[0]}x{shape[1]}: params {count_params(model):,}  "
+        f"MACs {macs['official'] / 1e6:.3f}M (official profiler)  {macs['real'] / 1e6:.3f}M (real)"
+    )
+    return 0
+
+
+def _cmd_convert(args) -> int:
+    from mvit3_keras.convert_cli import convert_checkpoint
+
+    report = convert_checkpoint(
+        args.name,
+        args.checkpoint,
+        args.output,
+        num_classes=args.num_classes,
+        input_shape=_image_shape(args.image_size),
+        rgb_input=not args.bgr_input,
+        strict=not args.no_strict,
+    )
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from mvit3_keras.demo import run_demo
+
+    run_demo(args.output, quick=args.quick)
+    return 0

@@ -1,0 +1,15 @@
+"""Custom Keras layers (all registered under the ``mvit3_keras`` package)."""
+
+from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAttention
+from mvit3_keras.layers.patches import Fold, Unfold
+from mvit3_keras.layers.resize import ResizeLike, ResizeToEven, bilinear_resize
+
+__all__ = [
+    "Fold",
+    "LinearSelfAttention",
+    "MultiHeadSelfAttention",
+    "ResizeLike",
+    "ResizeToEven",
+    "Unfold",
+    "bilinear_resize",
+]

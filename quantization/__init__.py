@@ -1,0 +1,1 @@
+"""Quantization and export: int8 PTQ, Keras 3 QAT, TFLite/LiteRT export and Edge TPU checks."""

@@ -1,0 +1,1 @@
+"""Training: TFDS input pipelines, official recipes and a resumable Keras training loop."""

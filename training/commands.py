@@ -1,0 +1,5 @@
+"""``mvit3`` sub-commands contributed by the ``training`` package."""
+
+
+def register(subparsers) -> None:
+    """Add this package's sub-commands to the ``mvit3`` parser."""
