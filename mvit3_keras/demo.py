@@ -83,8 +83,16 @@ def step_model_zoo(context: dict) -> dict:
     return {"checkpoint": checkpoint, "keras_model": keras_path, "parity": parity, "top5": top5}
 
 
+DEMO_STEP_MODULES = ("training.demo_steps", "quantization.demo_steps")
+
+
 def run_demo(output_dir: str, *, quick: bool = False) -> dict:
+    import importlib
+
     from mvit3_keras.io_utils import atomic_write_text
+
+    for module in DEMO_STEP_MODULES:  # registers their steps, in this order
+        importlib.import_module(module)
 
     os.makedirs(output_dir, exist_ok=True)
     context = {"output": output_dir, "quick": quick, "results": {}}

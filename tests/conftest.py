@@ -1,0 +1,55 @@
+"""Shared fixtures: the official reference data and small helpers."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from mvit3_keras.reference import reference_dir  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """Path of the official reference data (summary.json, keys/, parity/).
+
+    Missing reference data fails the run in CI (CI=true) and skips elsewhere.
+    """
+    path = reference_dir()
+    if path is None:
+        message = "official reference data not found (set MVIT3_REFERENCE)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def summary(reference):
+    import json
+
+    with open(reference / "summary.json", encoding="utf-8") as f:
+        return json.load(f)["variants"]
+
+
+def load_parity(reference, stem):
+    """The arrays of ``parity/<stem>.npz`` (weights float16 -> float32, exact)."""
+    path = reference / "parity" / f"{stem}.npz"
+    if not path.is_file():
+        pytest.fail(f"parity file missing: {path}")
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
+
+
+def assert_close_to_reference(actual, expected, *, rel=2e-4, what="output"):
+    """The parity rule of the reference README: max |diff| <= rel * std(reference)."""
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} vs {expected.shape}"
+    err = float(np.abs(actual - expected).max())
+    tol = rel * float(expected.std())
+    assert err <= tol, f"{what}: max |diff| {err:.3e} > {tol:.3e} ({rel} x std {expected.std():.3e})"
+    return err
