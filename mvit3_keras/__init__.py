@@ -3,8 +3,8 @@
 __version__ = "0.1.0"
 
 from mvit3_keras import layers  # noqa: F401  (registers the custom layers)
-from mvit3_keras.macs import count_macs
 from mvit3_keras.backbone import FEATURE_KEYS, backbone_features, create_backbone, create_model
+from mvit3_keras.macs import count_macs
 from mvit3_keras.registry import get_spec, list_models
 from mvit3_keras.summary import count_params
 

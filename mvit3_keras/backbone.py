@@ -9,7 +9,8 @@ dilation rule (NOTES.md section 4).
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import keras
 
@@ -69,7 +70,11 @@ def backbone_features(
                 stride, mv2_dilation = 1, dilation
                 dilation *= 2
             x = blocks.inverted_residual(
-                x, stage.out_channels, stride, stage.mv_expand_ratio, f"{lname}.0",
+                x,
+                stage.out_channels,
+                stride,
+                stage.mv_expand_ratio,
+                f"{lname}.0",
                 dilation=mv2_dilation,
             )
             if spec.family == S.V1_FAMILY:
@@ -78,9 +83,7 @@ def backbone_features(
                     x, stage, spec.block, f"{lname}.1", spec.transformer_dropout
                 )
             else:
-                x = blocks.mobilevit_block_v2_family(
-                    x, stage, spec.block, f"{lname}.1", dilation
-                )
+                x = blocks.mobilevit_block_v2_family(x, stage, spec.block, f"{lname}.1", dilation)
         features[FEATURE_KEYS[idx - 1]] = x
     return features
 
@@ -136,9 +139,13 @@ def create_model(
         x = blocks.conv_layer(x, spec.exp_channels, 1, "conv_1x1_exp")
     if include_top:
         v1 = spec.family == S.V1_FAMILY
-        pool_name, fc_name = ("classifier.global_pool", "classifier.fc") if v1 else (
-            "classifier.0",
-            "classifier.1",
+        pool_name, fc_name = (
+            ("classifier.global_pool", "classifier.fc")
+            if v1
+            else (
+                "classifier.0",
+                "classifier.1",
+            )
         )
         x = keras.layers.GlobalAveragePooling2D(name=pool_name)(x)
         rate = spec.classifier_dropout if classifier_dropout is None else classifier_dropout

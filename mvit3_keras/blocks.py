@@ -178,9 +178,7 @@ def mobilevit_block_v1_family(
     return conv_layer(fused, c, 3, f"{name}.fusion")
 
 
-def mobilevit_block_v2_family(
-    x, stage: S.MobileViTStageSpec, block: str, name: str, dilation: int
-):
+def mobilevit_block_v2_family(x, stage: S.MobileViTStageSpec, block: str, name: str, dilation: int):
     """MobileViTv3-v2 block (NOTES.md section 3) or MobileViTv2 block (NOTES_baselines.md 2).
 
     Odd feature maps: the block input is resized (bilinear, align_corners=True)

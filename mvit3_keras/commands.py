@@ -24,12 +24,24 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help=".pt/.pth (as released), or .npz")
     p.add_argument("output", help="OUTPUT.keras (whole model) or OUTPUT.weights.h5")
     p.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint")
-    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N",
-                   help="input size H [W] of the saved model (default 256)")
-    p.add_argument("--bgr-input", action="store_true",
-                   help="keep the official channel order (v1 family: BGR) instead of RGB")
-    p.add_argument("--no-strict", action="store_true",
-                   help="load matching weights only instead of failing on any mismatch")
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=[256],
+        metavar="N",
+        help="input size H [W] of the saved model (default 256)",
+    )
+    p.add_argument(
+        "--bgr-input",
+        action="store_true",
+        help="keep the official channel order (v1 family: BGR) instead of RGB",
+    )
+    p.add_argument(
+        "--no-strict",
+        action="store_true",
+        help="load matching weights only instead of failing on any mismatch",
+    )
     p.set_defaults(handler=_cmd_convert)
 
     p = subparsers.add_parser("demo", help="the end-to-end demo of the README")

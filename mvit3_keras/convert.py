@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from typing import Mapping
+from collections.abc import Mapping
 
 import keras
 import numpy as np
@@ -40,7 +40,7 @@ class CheckpointMismatchError(ValueError):
 # --------------------------------------------------------------------------------------
 # Reading checkpoints
 # --------------------------------------------------------------------------------------
-def read_state_dict(source) -> "OrderedDict[str, np.ndarray]":
+def read_state_dict(source) -> OrderedDict[str, np.ndarray]:
     """Read ``source`` into an ordered ``{official key: float/int ndarray}``.
 
     ``source``: a ``.pt`` / ``.pth`` file as the authors release it (also wrapped
@@ -118,6 +118,7 @@ def _to_numpy(value):
 # --------------------------------------------------------------------------------------
 def _layer_entries(layer):
     """``[(suffix, variable, to_keras, from_keras)]`` for a weight-bearing layer."""
+
     def t(perm):
         inv = np.argsort(perm)
         return (lambda w: np.transpose(w, perm)), (lambda w: np.transpose(w, inv))
@@ -136,9 +137,7 @@ def _layer_entries(layer):
             ("running_mean", layer.moving_mean, *ident),
             ("running_var", layer.moving_variance, *ident),
         ]
-    elif isinstance(
-        layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization)
-    ):
+    elif isinstance(layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization)):
         return [("weight", layer.gamma, *ident), ("bias", layer.beta, *ident)]
     else:
         return None
@@ -155,7 +154,7 @@ def _iter_layers(model):
             yield layer
 
 
-def keras_key_map(model) -> "OrderedDict[str, tuple]":
+def keras_key_map(model) -> OrderedDict[str, tuple]:
     """``{official key: (variable, to_keras, from_keras)}`` for every weight of ``model``.
 
     Raises if the model has weights that no official key explains (a custom
@@ -221,9 +220,7 @@ def load_cvnets_weights(
         flip_key = _first_conv_key(state)
 
     missing = [k for k in mapping if k not in state]
-    unexpected = [
-        k for k in state if k not in mapping and not k.endswith(".num_batches_tracked")
-    ]
+    unexpected = [k for k in state if k not in mapping and not k.endswith(".num_batches_tracked")]
     mismatched = []
     assignments = []
     for key, (var, to_keras, _) in mapping.items():
@@ -276,13 +273,13 @@ def _mismatch_message(model, state, missing, unexpected, mismatched):
     guess = guess_variant(state)
     num_classes = checkpoint_num_classes(state)
     hint = ""
-    if guess:
+    if guess and guess != model.name:
         classes = f"num_classes={num_classes}" if num_classes else "..."
         hint = (
             f"\nThe checkpoint looks like {guess!r}: build the model with "
             f"mvit3_keras.create_model({guess!r}, {classes})."
         )
-    elif num_classes:
+    if num_classes and not hint:
         hint = f"\nThe checkpoint's classifier has {num_classes} classes."
     return (
         f"checkpoint does not match model {model.name!r}: {len(missing)} missing, "
@@ -295,7 +292,7 @@ def _mismatch_message(model, state, missing, unexpected, mismatched):
     )
 
 
-def to_cvnets_state_dict(model, *, rgb_input: bool = True) -> "OrderedDict[str, np.ndarray]":
+def to_cvnets_state_dict(model, *, rgb_input: bool = True) -> OrderedDict[str, np.ndarray]:
     """The inverse of :func:`load_cvnets_weights`: official keys -> float32 arrays.
 
     BatchNorm ``num_batches_tracked`` entries are added (int64, value 0) so the

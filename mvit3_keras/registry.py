@@ -65,17 +65,29 @@ _V3_V1 = (
 for _name, _mode, _drop, _disp, _cv, _top1 in _V3_V1:
     register(
         S.v1_family_spec(
-            _name, _mode, S.BLOCK_MOBILEVITV3, transformer_dropout=_drop, display_name=_disp,
-            cvnets_name=_cv, imagenet_top1=_top1, top1_source="official README",
+            _name,
+            _mode,
+            S.BLOCK_MOBILEVITV3,
+            transformer_dropout=_drop,
+            display_name=_disp,
+            cvnets_name=_cv,
+            imagenet_top1=_top1,
+            top1_source="official README",
         )
     )
 _L2_TOP1 = {"xx_small_v3": 70.23, "x_small_v3": 76.10, "small_v3": 79.06}
 for _name, _mode, _drop, _disp, _cv, _top1 in _V3_V1:
     register(
         S.v1_family_spec(
-            _name + "_l2", _mode, S.BLOCK_MOBILEVITV3, layer_4_blocks=2,
-            transformer_dropout=_drop, display_name=_disp + "-L2", cvnets_name=_cv + "_fast",
-            imagenet_top1=_L2_TOP1[_mode], top1_source="paper (low-latency models)",
+            _name + "_l2",
+            _mode,
+            S.BLOCK_MOBILEVITV3,
+            layer_4_blocks=2,
+            transformer_dropout=_drop,
+            display_name=_disp + "-L2",
+            cvnets_name=_cv + "_fast",
+            imagenet_top1=_L2_TOP1[_mode],
+            top1_source="paper (low-latency models)",
         )
     )
 
@@ -91,8 +103,11 @@ def _width_tag(width: float) -> str:
 for _w in _WIDTHS:
     register(
         S.v2_family_spec(
-            f"mobilevitv3_{_width_tag(_w)}", _w, S.BLOCK_MOBILEVITV3,
-            display_name=f"MobileViTv3-{_w}", cvnets_name=f"w{_w}",
+            f"mobilevitv3_{_width_tag(_w)}",
+            _w,
+            S.BLOCK_MOBILEVITV3,
+            display_name=f"MobileViTv3-{_w}",
+            cvnets_name=f"w{_w}",
             imagenet_top1=_V3_V2_TOP1.get(_w),
             top1_source="official README" if _w in _V3_V2_TOP1 else "",
         )
@@ -106,8 +121,13 @@ for _name, _mode, _drop, _disp, _top1 in (
 ):
     register(
         S.v1_family_spec(
-            _name, _mode, S.BLOCK_MOBILEVIT, transformer_dropout=_drop, display_name=_disp,
-            cvnets_name=f"mobilevit_{_mode}", imagenet_top1=_top1,
+            _name,
+            _mode,
+            S.BLOCK_MOBILEVIT,
+            transformer_dropout=_drop,
+            display_name=_disp,
+            cvnets_name=f"mobilevit_{_mode}",
+            imagenet_top1=_top1,
             top1_source="ml-cvnets model zoo",
         )
     )
@@ -117,8 +137,12 @@ _V2_TOP1 = {0.5: 70.18, 0.75: 75.56, 1.0: 78.09, 1.25: 79.65, 1.5: 80.38, 1.75: 
 for _w in _WIDTHS:
     register(
         S.v2_family_spec(
-            f"mobilevitv2_{_width_tag(_w)}", _w, S.BLOCK_MOBILEVITV2,
-            display_name=f"MobileViTv2-{_w}", cvnets_name=f"mobilevit_v2_w{_w}",
-            imagenet_top1=_V2_TOP1[_w], top1_source="ml-cvnets model zoo",
+            f"mobilevitv2_{_width_tag(_w)}",
+            _w,
+            S.BLOCK_MOBILEVITV2,
+            display_name=f"MobileViTv2-{_w}",
+            cvnets_name=f"mobilevit_v2_w{_w}",
+            imagenet_top1=_V2_TOP1[_w],
+            top1_source="ml-cvnets model zoo",
         )
     )

@@ -185,8 +185,9 @@ def v2_family_spec(
         return int((2 * d) // 16 * 16)
 
     vit = [
-        MobileViTStageSpec(out_channels=c, attn_dim=d, ffn_dim=ffn(d), num_attn_blocks=n,
-                           mv_expand_ratio=2)
+        MobileViTStageSpec(
+            out_channels=c, attn_dim=d, ffn_dim=ffn(d), num_attn_blocks=n, mv_expand_ratio=2
+        )
         for c, d, n in ((l3, d3, 2), (l4, d4, 4), (l5, d5, 3))
     ]
     return ModelSpec(

@@ -3,7 +3,8 @@ and for ``mvit3 convert-weights`` to check the requested name)."""
 
 from __future__ import annotations
 
-from typing import Mapping, Optional
+from collections.abc import Mapping
+from typing import Optional
 
 from mvit3_keras import specs as S
 from mvit3_keras.registry import _REGISTRY
@@ -23,9 +24,15 @@ def checkpoint_signature(state: Mapping) -> Optional[dict]:
     sig = {
         "family": S.V1_FAMILY if v1 else S.V2_FAMILY,
         "stem": _shape(st, "conv_1.block.conv.weight", 0),
-        "out": tuple(_shape(st, f"layer_{i}.0.block.red_1x1.block.conv.weight", 0) for i in range(1, 6)),
+        "out": tuple(
+            _shape(st, f"layer_{i}.0.block.red_1x1.block.conv.weight", 0) for i in range(1, 6)
+        ),
         "layer_4_blocks": len(
-            {k.split(".")[3] for k in st if k.startswith("layer_4.1.global_rep.") and "pre_norm" in k}
+            {
+                k.split(".")[3]
+                for k in st
+                if k.startswith("layer_4.1.global_rep.") and "pre_norm" in k
+            }
         ),
     }
     local_1x1 = "local_rep.conv_1x1" if v1 else "local_rep.1"

@@ -51,5 +51,7 @@ def assert_close_to_reference(actual, expected, *, rel=2e-4, what="output"):
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} vs {expected.shape}"
     err = float(np.abs(actual - expected).max())
     tol = rel * float(expected.std())
-    assert err <= tol, f"{what}: max |diff| {err:.3e} > {tol:.3e} ({rel} x std {expected.std():.3e})"
+    assert err <= tol, (
+        f"{what}: max |diff| {err:.3e} > {tol:.3e} ({rel} x std {expected.std():.3e})"
+    )
     return err

@@ -1,0 +1,126 @@
+"""Custom layers against NumPy transcriptions of the official PyTorch operations."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from mvit3_keras.layers import (
+    Fold,
+    LinearSelfAttention,
+    MultiHeadSelfAttention,
+    ResizeLike,
+    ResizeToEven,
+    Unfold,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def official_unfold(x):
+    """NOTES.md section 2, in NCHW as the official code, returned as [B, P, N, C]."""
+    b, h, w, c = x.shape
+    nchw = x.transpose(0, 3, 1, 2)
+    patches = nchw.reshape(b, c, h // 2, 2, w // 2, 2)  # [B, C, iy, py, ix, px]
+    patches = patches.transpose(0, 3, 5, 2, 4, 1)  # [B, py, px, iy, ix, C]
+    return patches.reshape(b, 4, (h // 2) * (w // 2), c)
+
+
+def test_unfold_order_and_fold_inverse():
+    x = RNG.normal(size=(2, 6, 10, 5)).astype("float32")
+    patches = Unfold()(x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(patches), official_unfold(x))
+    back = Fold()([patches, x])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(back), x)
+
+
+def torch_bilinear(x, out_h, out_w, align_corners):
+    """PyTorch F.interpolate(mode="bilinear") for NHWC arrays (float64)."""
+
+    def coords(n_out, n_in):
+        d = np.arange(n_out, dtype=np.float64)
+        if align_corners:
+            src = d * ((n_in - 1) / (n_out - 1)) if n_out > 1 else np.zeros_like(d)
+        else:
+            src = np.maximum((d + 0.5) * (n_in / n_out) - 0.5, 0.0)
+        i0 = np.minimum(np.floor(src).astype(int), n_in - 1)
+        i1 = np.minimum(i0 + 1, n_in - 1)
+        return i0, i1, src - i0
+
+    y0, y1, fy = coords(out_h, x.shape[1])
+    x0, x1, fx = coords(out_w, x.shape[2])
+    top = x[:, y0] * (1 - fy)[None, :, None, None] + x[:, y1] * fy[None, :, None, None]
+    return top[:, :, x0] * (1 - fx)[None, None, :, None] + top[:, :, x1] * fx[None, None, :, None]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_resize_to_even_matches_pytorch(align_corners):
+    x = RNG.normal(size=(1, 7, 9, 3)).astype("float32")
+    y = keras.ops.convert_to_numpy(ResizeToEven(align_corners=align_corners)(x))
+    assert y.shape == (1, 8, 10, 3)
+    np.testing.assert_allclose(
+        y, torch_bilinear(x.astype(np.float64), 8, 10, align_corners), atol=1e-5
+    )
+    even = RNG.normal(size=(1, 8, 10, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(ResizeToEven(align_corners=align_corners)(even)), even, atol=1e-6
+    )
+
+
+def test_resize_like():
+    x = RNG.normal(size=(1, 8, 10, 3)).astype("float32")
+    ref = np.zeros((1, 7, 9, 1), "float32")
+    y = keras.ops.convert_to_numpy(ResizeLike()([x, ref]))
+    np.testing.assert_allclose(y, torch_bilinear(x.astype(np.float64), 7, 9, False), atol=1e-5)
+
+
+def test_multi_head_attention_matches_reference():
+    b, p, n, d, h = 1, 4, 6, 8, 4
+    qkv = RNG.normal(size=(b, p, n, 3 * d)).astype("float32")
+    got = keras.ops.convert_to_numpy(MultiHeadSelfAttention(h)(qkv))
+    q, k, v = (qkv[..., i * d : (i + 1) * d].reshape(b, p, n, h, d // h) for i in range(3))
+    q = q * (d // h) ** -0.5
+    scores = np.einsum("bpnhe,bpmhe->bphnm", q, k)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    out = np.einsum("bphnm,bpmhe->bpnhe", weights, v).reshape(b, p, n, d)
+    np.testing.assert_allclose(got, out, atol=1e-5)
+
+
+def test_linear_attention_matches_reference():
+    b, p, n, d = 2, 4, 5, 6
+    qkv = RNG.normal(size=(b, p, n, 1 + 2 * d)).astype("float32")
+    got = keras.ops.convert_to_numpy(LinearSelfAttention()(qkv))
+    q, k, v = qkv[..., :1], qkv[..., 1 : 1 + d], qkv[..., 1 + d :]
+    s = np.exp(q - q.max(2, keepdims=True))
+    s /= s.sum(2, keepdims=True)
+    ctx = (k * s).sum(2, keepdims=True)
+    np.testing.assert_allclose(got, np.maximum(v, 0) * ctx, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        Unfold(),
+        Fold(),
+        MultiHeadSelfAttention(num_heads=2, attention_dropout=0.1),
+        LinearSelfAttention(attention_dropout=0.2),
+        ResizeToEven(align_corners=True),
+        ResizeLike(),
+    ],
+    ids=lambda layer: type(layer).__name__,
+)
+def test_config_round_trip(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer) and restored.get_config() == config
+
+
+def test_attention_rejects_bad_widths():
+    with pytest.raises(ValueError, match="num_heads"):
+        MultiHeadSelfAttention(3)(np.zeros((1, 4, 2, 24), "float32"))
+    with pytest.raises(ValueError, match="1 \\+ 2 \\* d"):
+        LinearSelfAttention()(np.zeros((1, 4, 2, 8), "float32"))
