@@ -32,3 +32,38 @@ __all__ += [
     "read_state_dict",
     "to_cvnets_state_dict",
 ]
+
+# Dense prediction (segmentation / detection heads; issue 3).
+from mvit3_keras.backbone_weights import load_backbone_weights  # noqa: E402
+from mvit3_keras.detection import (  # noqa: E402
+    SSDDetector,
+    SSDMultiBoxLoss,
+    create_detector,
+    decode_boxes,
+    encode_boxes,
+    export_detector_tflite,
+    generate_anchors,
+    match_anchors,
+    postprocess_detections,
+)
+from mvit3_keras.segmentation import (  # noqa: E402
+    SegmentationCrossEntropy,
+    Segmenter,
+    create_segmenter,
+)
+
+__all__ += [
+    "SSDDetector",
+    "SSDMultiBoxLoss",
+    "SegmentationCrossEntropy",
+    "Segmenter",
+    "create_detector",
+    "create_segmenter",
+    "decode_boxes",
+    "encode_boxes",
+    "export_detector_tflite",
+    "generate_anchors",
+    "load_backbone_weights",
+    "match_anchors",
+    "postprocess_detections",
+]

@@ -275,9 +275,14 @@ def _mismatch_message(model, state, missing, unexpected, mismatched):
     hint = ""
     if guess and guess != model.name:
         classes = f"num_classes={num_classes}" if num_classes else "..."
+        builder = "create_model"  # dense-task checkpoints (issue 3) name their builder
+        if any(k.startswith("seg_head.") for k in state):
+            builder = "create_segmenter"
+        elif any(k.startswith("ssd_heads.") for k in state):
+            builder = "create_detector"
         hint = (
             f"\nThe checkpoint looks like {guess!r}: build the model with "
-            f"mvit3_keras.create_model({guess!r}, {classes})."
+            f"mvit3_keras.{builder}({guess!r}, {classes})."
         )
     if num_classes and not hint:
         hint = f"\nThe checkpoint's classifier has {num_classes} classes."

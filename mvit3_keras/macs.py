@@ -79,12 +79,17 @@ def count_macs(model, *, batch_size: int = 1) -> dict:
     """
     official = real = 0
     by_layer = {}
+    # Optional hook of task models: ``{layer name: (official factor, real factor)}``
+    # (e.g. 0 for a training-only head, or the official profiler's map sizes).
+    scales = model.mac_count_scales() if hasattr(model, "mac_count_scales") else {}
     for layer, node in _iter_nodes(model):
         in_shapes = [_shape(t) for t in node.input_tensors]
         outputs = node.output_tensors
         if not outputs:
             continue
         o, r = _layer_macs(layer, in_shapes, _shape(outputs[0]))
+        if layer.name in scales:
+            o, r = (round(v * f) for v, f in zip((o, r), scales[layer.name]))
         if o or r:
             by_layer[layer.name] = (o * batch_size, r * batch_size)
             official += o
