@@ -1,5 +1,171 @@
-"""``mvit3`` sub-commands contributed by the ``training`` package."""
+"""``mvit3`` sub-commands contributed by the ``training`` package:
+``train``, ``evaluate``, ``recipes``."""
+
+from __future__ import annotations
+
+import json
 
 
 def register(subparsers) -> None:
     """Add this package's sub-commands to the ``mvit3`` parser."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model on a TFDS dataset, an image folder or the bundled demo data",
+        description="Train with an official recipe (resumable: run the same command again "
+        "after an interruption).",
+    )
+    p.add_argument("--model", required=True, help="variant name (mvit3 list)")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        help="TFDS name (imagenet2012, scene_parse150, ...), voc2012, a folder, or demo",
+    )
+    p.add_argument("--task", default="classification", choices=("classification", "segmentation"))
+    p.add_argument(
+        "--head",
+        default=None,
+        choices=("deeplabv3", "pspnet"),
+        help="segmentation head (default: the recipe's)",
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="recipe name (mvit3 recipes); default: the official recipe of the model",
+    )
+    p.add_argument("--image-size", type=int, default=None, help="training crop (default: recipe)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="per-replica batch (recipe dataset.train_batch_size0); global = x replicas",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="scheduler.max_epochs")
+    p.add_argument("--output", default=None, help="output folder (default runs/MODEL_DATASET)")
+    p.add_argument("--strategy", default="auto", choices=("auto", "mirrored", "multiworker", "tpu"))
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from weights: official .pt/.pth/.npz, .keras or .weights.h5",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set optim.weight_decay=0.01 (repeatable)",
+    )
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    p.add_argument(
+        "--manual-dir", default=None, help="TFDS manual_dir (imagenet2012 tars, VOCdevkit)"
+    )
+    p.set_defaults(handler=_cmd_train)
+
+    p = subparsers.add_parser("evaluate", help="evaluate a run folder or a .keras model on a split")
+    p.add_argument("target", help="training output folder or a .keras model")
+    p.add_argument("--dataset", default=None, help="default: the run's dataset")
+    p.add_argument("--split", default=None, help="TFDS split (default: the validation split)")
+    p.add_argument(
+        "--weights",
+        default="ema",
+        choices=("ema", "raw", "best"),
+        help="run folders: EMA (final), raw (last backup) or the best checkpoint",
+    )
+    p.add_argument("--task", default=None, choices=("classification", "segmentation"))
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--manual-dir", default=None)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = subparsers.add_parser("recipes", help="list the official recipes or print one")
+    p.add_argument("name", nargs="?", help="recipe to print with every value")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=_cmd_recipes)
+
+
+def _cmd_train(args) -> int:
+    from training.loop import TrainConfig, train
+
+    config = TrainConfig(
+        model=args.model,
+        dataset=args.dataset,
+        task=args.task,
+        recipe=args.recipe,
+        overrides=list(args.overrides),
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        output=args.output,
+        strategy=args.strategy,
+        head=args.head,
+        init=args.init,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+    )
+    train(config)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from training.loop import evaluate
+
+    result = evaluate(
+        args.target,
+        dataset=args.dataset,
+        split=args.split,
+        weights=args.weights,
+        task=args.task,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        manual_dir=args.manual_dir,
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from training.report import format_table
+
+        print(format_table(list(result.items()), f"evaluation of {args.target}"))
+    return 0
+
+
+def _cmd_recipes(args) -> int:
+    from training import recipes
+
+    if args.name:
+        recipe = recipes.get_recipe(args.name)
+        overrides = recipes.parse_overrides(args.overrides, recipe.to_dict())
+        if args.json:
+            print(json.dumps(recipes.merge(recipe.to_dict(), overrides), indent=2))
+        else:
+            print(recipe.format(overrides))
+        return 0
+    rows = []
+    for name in recipes.list_recipes():
+        r = recipes.get_recipe(name)
+        v = r.values
+        rows.append(
+            {
+                "name": name,
+                "task": r.task,
+                "dataset": r.dataset,
+                "optimizer": v["optim"]["name"],
+                "epochs": v["scheduler"]["max_epochs"],
+                "batch/device": v["dataset"]["train_batch_size0"],
+                "source": r.source,
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    cols = ["name", "task", "dataset", "optimizer", "epochs", "batch/device"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    print("  ".join(c.ljust(widths[c]) for c in cols) + "  source")
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + "  " + r["source"])
+    print("\n`mvit3 recipes NAME` prints every value; override with --set key=value")
+    return 0

@@ -1,2 +1,81 @@
 """Steps this package adds to the README demo (``mvit3 demo``), registered with
-``mvit3_keras.demo.demo_step``."""
+``mvit3_keras.demo.demo_step``.
+
+``train on real data``: trains MobileViTv3-XXS from scratch on the bundled real
+digits (scikit-learn's 8x8 handwritten digit scans, upsampled to 32x32) with the
+``demo`` recipe (AdamW, warmup + cosine, EMA, label smoothing, random resized crops)
+on the CPU, then evaluates the saved model on the 359 held-out images. Measured on
+the 2-core CPU of the development machine: 30 epochs in about 6 minutes, 98-99 %
+validation top-1 (``--quick``: 8 epochs, about 2 minutes, ~90 %). The result dict
+gives later steps (int8 export, LiteRT evaluation) the saved ``.keras`` model and
+how to rebuild its evaluation data.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mvit3_keras.demo import demo_step
+
+DEMO_MODEL = "mobilevitv3_xxs"
+DEMO_IMAGE_SIZE = 32
+
+
+def demo_eval_arrays(image_size: int = DEMO_IMAGE_SIZE, split: str = "validation"):
+    """``(images float32 [N, S, S, 3] in [0, 1] RGB, labels int [N])`` exactly as the
+    training pipeline evaluates them (shared with the quantization demo)."""
+    import numpy as np
+
+    from training import augment, recipes
+    from training.datasets.demo import digits_source
+
+    values = recipes.get_recipe("demo").to_dict()
+    source = digits_source()
+    fn = augment.classification_eval_fn(values, image_size, source.num_classes)
+    ds = source.load("train" if split == "train" else "validation").map(fn).batch(512)
+    images, labels = [], []
+    for x, y in ds:
+        images.append(x.numpy())
+        labels.append(np.argmax(y.numpy(), axis=-1))
+    return np.concatenate(images).astype(np.float32), np.concatenate(labels)
+
+
+@demo_step("train on real data: MobileViTv3-XXS on the bundled digits (CPU)")
+def step_train(context: dict) -> dict:
+    import keras
+    import numpy as np
+
+    from training.loop import TrainConfig, train
+
+    quick = bool(context.get("quick"))
+    out = os.path.join(context["output"], "train_digits")
+    epochs = 8 if quick else 30
+    config = TrainConfig(
+        model=DEMO_MODEL,
+        dataset="demo",
+        recipe="demo",
+        epochs=epochs,
+        output=out,
+        image_size=DEMO_IMAGE_SIZE,
+        overrides=["runtime.verbose=2"],
+    )
+    summary = train(config)
+    model_path = summary["files"]["final_model"]
+    model = keras.models.load_model(model_path)  # the saved inference model, reloaded
+    images, labels = demo_eval_arrays(DEMO_IMAGE_SIZE)
+    logits = model.predict(images, batch_size=256, verbose=0)
+    accuracy = float(np.mean(np.argmax(logits, axis=-1) == labels))
+    print(f"  reloaded {model_path}: validation top-1 {accuracy:.4f} on {len(labels)} real images")
+    return {
+        "keras_model": model_path,
+        "model": DEMO_MODEL,
+        "dataset": "demo",
+        "image_size": DEMO_IMAGE_SIZE,
+        "eval_split": "validation",
+        "eval_arrays": "training.demo_steps.demo_eval_arrays",
+        "calibration_split": "train",
+        "val_top1": accuracy,
+        "epochs": summary["epochs_run"],
+        "train_wall_time_s": summary["wall_time_s"],
+        "summary": os.path.join(out, "summary.json"),
+    }

@@ -12,8 +12,9 @@ The numbers are those of the official yamls (micronDLA/MobileViTv3):
   (training only, loss weight 0.4).
 
 ``n_classes`` is not in the yamls (the dataset sets it): VOC 21, ADE20K 150.
-The label ignored by the loss is 255 for VOC and -1 for ADE20K (whose class
-0 is "background/other" and is trained).
+The label ignored by the loss is 255 for VOC and -1 for ADE20K: the official
+ADE20K dataset subtracts 1 from the stored labels, so label 0 ("other") becomes
+-1 (ignored) and the 150 object classes are 0..149.
 
 There is no official v1-family ADE20K configuration; ``preset="ade20k"`` on
 a v1-family backbone uses the v1 head (256 channels, no aux head) with the
