@@ -55,3 +55,13 @@ def assert_close_to_reference(actual, expected, *, rel=2e-4, what="output"):
         f"{what}: max |diff| {err:.3e} > {tol:.3e} ({rel} x std {expected.std():.3e})"
     )
     return err
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.slow`` tests run only when selected (``-m slow`` or ``-m "slow or not slow"``)."""
+    if "slow" in (config.getoption("markexpr") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow test: run with -m slow")
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(skip)
