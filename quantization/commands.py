@@ -1,5 +1,351 @@
-"""``mvit3`` sub-commands contributed by the ``quantization`` package."""
+"""``mvit3`` sub-commands contributed by the ``quantization`` package:
+``export``, ``evaluate-tflite``, ``benchmark``, ``edgetpu-report``,
+``inspect-tflite`` and ``qat``."""
+
+from __future__ import annotations
+
+import json
+
+from quantization.export import FLOAT_ISLANDS, QUANT_TYPES, TARGETS
+
+
+def _add_data_args(p, *, split_default: str, what: str) -> None:
+    p.add_argument(
+        "--dataset",
+        default=None,
+        help=f"{what}: TFDS name, image folder or 'demo' (the training input pipeline)",
+    )
+    p.add_argument(
+        "--split", default=split_default, help=f"dataset split (default {split_default})"
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        help="training recipe whose evaluation transform preprocesses the images "
+        "(default: the model's official recipe; 'demo' for --dataset demo)",
+    )
+    p.add_argument("--model-name", default=None, help="variant name, to pick the default recipe")
+    p.add_argument("--task", default="classification", choices=("classification", "segmentation"))
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
+
+
+def _keep_float(text):
+    if not text:
+        return ()
+    parts = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = set(parts) - set(FLOAT_ISLANDS)
+    if unknown:
+        raise ValueError(f"--keep-float accepts {sorted(FLOAT_ISLANDS)}, got {sorted(unknown)}")
+    return parts
 
 
 def register(subparsers) -> None:
     """Add this package's sub-commands to the ``mvit3`` parser."""
+    p = subparsers.add_parser(
+        "export",
+        help="export a .keras model to a checked, verified .tflite (fp32 ... int8, QAT)",
+    )
+    p.add_argument("model", help="MODEL.keras (float, or a QAT model from `mvit3 qat`)")
+    p.add_argument("--output", required=True, help="FILE.tflite")
+    p.add_argument("--quant", default="int8", choices=QUANT_TYPES)
+    p.add_argument("--target", default="generic", choices=TARGETS)
+    p.add_argument(
+        "--image-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="static input size H [W] (default: the model's)",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="static batch (default 1)")
+    p.add_argument("--calibration-samples", type=int, default=200)
+    p.add_argument(
+        "--keep-float",
+        default="",
+        help=f"CPU int8: keep {', '.join(FLOAT_ISLANDS)} in float32 (comma separated)",
+    )
+    p.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="skip running the file in a separate LiteRT process",
+    )
+    p.add_argument("--json", default=None, metavar="FILE", help="write the export report")
+    _add_data_args(p, split_default="train", what="calibration data")
+    p.set_defaults(handler=_cmd_export)
+
+    p = subparsers.add_parser(
+        "evaluate-tflite",
+        help="accuracy of a .tflite in LiteRT side by side with the float Keras model",
+    )
+    p.add_argument("tflite", help="FILE.tflite")
+    p.add_argument(
+        "--keras",
+        default=None,
+        metavar="MODEL.keras",
+        help="the float (or QAT) Keras model to compare with",
+    )
+    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ignore-index", type=int, default=255, help="segmentation ignore label")
+    p.add_argument("--json", default=None, metavar="FILE")
+    _add_data_args(p, split_default="validation", what="evaluation data")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "benchmark", help="LiteRT latency (XNNPACK): warm-up, median, p90; optional per-op profile"
+    )
+    p.add_argument("tflite", nargs="+", help="FILE.tflite (several: one table)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--profile", action="store_true", help="per-op profile (one-op models)")
+    p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.set_defaults(handler=_cmd_benchmark)
+
+    p = subparsers.add_parser(
+        "edgetpu-report",
+        help="op-by-op check of a .tflite against the published Edge TPU constraints",
+    )
+    p.add_argument("tflite", help="FILE.tflite (full-integer, e.g. --target edgetpu)")
+    p.add_argument("--verbose", action="store_true", help="one line per op")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.set_defaults(handler=_cmd_edgetpu)
+
+    p = subparsers.add_parser("inspect-tflite", help="ops, versions, dtypes and I/O quantization")
+    p.add_argument("tflite")
+    p.add_argument("--ops", type=int, default=0, metavar="N", help="also list the first N ops")
+    p.add_argument("--json", default=None, metavar="FILE")
+    p.set_defaults(handler=_cmd_inspect)
+
+    p = subparsers.add_parser(
+        "qat",
+        help="quantization-aware fine-tuning of a trained float model (then export --quant qat)",
+    )
+    p.add_argument("model", help="trained float MODEL.keras")
+    p.add_argument("--output", required=True, help="QAT model .keras")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (cosine decay)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("--target", default="generic", choices=TARGETS)
+    p.add_argument("--keep-float", default="", help="generic target: attention,normalization")
+    p.add_argument(
+        "--export",
+        default=None,
+        metavar="FILE.tflite",
+        help="also export the result with --quant qat",
+    )
+    _add_data_args(p, split_default="train", what="training data")
+    p.set_defaults(handler=_cmd_qat)
+
+
+def _write_json(path, payload) -> None:
+    if path:
+        from mvit3_keras.io_utils import atomic_write_text
+
+        atomic_write_text(path, json.dumps(payload, indent=2, default=str))
+        print(f"wrote {path}")
+
+
+def _input_hw(model, image_size):
+    if image_size:
+        if len(image_size) not in (1, 2):
+            raise ValueError("--image-size takes one or two numbers (H [W])")
+        return int(image_size[0]), int(image_size[-1])
+    shape = model.inputs[0].shape
+    return int(shape[1]), int(shape[2])
+
+
+def _cmd_export(args) -> int:
+    from quantization.export import _load_model, export_tflite
+    from quantization.inspection import format_report
+
+    model = _load_model(args.model)
+    h, w = _input_hw(model, args.image_size)
+    data = None
+    needs_data = args.quant in ("int8", "int8_full") or (
+        args.target == "edgetpu" and args.quant != "qat"
+    )
+    if args.dataset:
+        from quantization.data import dataset_arrays
+
+        if h != w:
+            raise ValueError("calibration from --dataset needs a square --image-size")
+        data, _ = dataset_arrays(
+            args.dataset,
+            image_size=h,
+            split=args.split,
+            limit=args.calibration_samples,
+            task=args.task,
+            model=args.model_name,
+            recipe=args.recipe,
+            data_dir=args.data_dir,
+        )
+        print(
+            f"calibration: {len(data)} images of {args.dataset}/{args.split} "
+            f"({h}x{w}, recipe evaluation transform)"
+        )
+    elif needs_data:
+        raise ValueError(
+            f"--quant {args.quant} needs calibration data: pass --dataset (the training data, "
+            "e.g. --dataset demo or a TFDS name) and --split train"
+        )
+    report = export_tflite(
+        model,
+        args.output,
+        quant=args.quant,
+        representative_data=data,
+        num_calibration_samples=args.calibration_samples,
+        target=args.target,
+        input_shape=(h, w, int(model.inputs[0].shape[-1])),
+        batch_size=args.batch_size,
+        keep_float=_keep_float(args.keep_float),
+        verify=not args.no_verify,
+    )
+    print(f"wrote {args.output} ({args.quant}, target {args.target}) in {report['seconds']} s")
+    print(format_report(report))
+    if "verify" in report:
+        v = report["verify"]
+        print(
+            f"verified in a separate {v['backend']} process: output cosine vs the Keras graph "
+            f"{v['cosine_vs_float_mean']:.5f} (min {v['cosine_vs_float_min']:.5f}) on "
+            f"{v['num_images']} images"
+        )
+    if "edgetpu" in report:
+        e = report["edgetpu"]
+        first = e["first_cpu_op"]
+        print(
+            f"Edge TPU: {100 * e['mapped_op_share']:.1f}% of ops, "
+            f"{100 * e['mapped_mac_share']:.1f}% of MACs mappable"
+            + ("" if first is None else f"; first CPU op: #{first['index']} {first['op']}")
+        )
+    _write_json(args.json, report)
+    return 0
+
+
+def _cmd_evaluate(args) -> int:
+    from quantization.data import dataset_arrays
+    from quantization.evaluate import evaluate_tflite, format_evaluation
+    from quantization.export import _load_model
+    from quantization.runtime import TFLiteRunner
+
+    if not args.dataset:
+        raise ValueError("pass --dataset (TFDS name, image folder or 'demo')")
+    shape = TFLiteRunner(args.tflite).input_shape
+    if shape[1] != shape[2]:
+        raise ValueError(f"the model input {shape[1:3]} is not square; evaluate from Python")
+    images, labels = dataset_arrays(
+        args.dataset,
+        image_size=int(shape[1]),
+        split=args.split,
+        limit=args.limit,
+        task=args.task,
+        model=args.model_name,
+        recipe=args.recipe,
+        data_dir=args.data_dir,
+    )
+    keras_model = _load_model(args.keras) if args.keras else None
+    result = evaluate_tflite(
+        args.tflite,
+        images,
+        labels,
+        keras_model=keras_model,
+        task=args.task,
+        ignore_index=args.ignore_index,
+        num_threads=args.threads,
+    )
+    print(format_evaluation(result, name=args.tflite))
+    _write_json(args.json, result)
+    return 0
+
+
+def _cmd_benchmark(args) -> int:
+    from quantization.benchmark import (
+        benchmark_tflite,
+        format_benchmark,
+        format_profile,
+        profile_ops,
+    )
+
+    results = []
+    for path in args.tflite:
+        result = benchmark_tflite(
+            path,
+            num_threads=args.threads,
+            warmup=args.warmup,
+            runs=args.runs,
+            use_xnnpack=not args.no_xnnpack,
+        )
+        print(format_benchmark(result))
+        if args.profile:
+            profile = profile_ops(path, num_threads=args.threads, use_xnnpack=not args.no_xnnpack)
+            print(format_profile(profile))
+            result["profile"] = {
+                "by_type": profile["by_type"],
+                "sum_ms": profile["sum_ms"],
+                "slowest_ops": sorted(profile["ops"], key=lambda r: -(r["ms"] or 0))[:15],
+            }
+        results.append(result)
+    if len(results) > 1:
+        base = results[0]["median_ms"]
+        for r in results[1:]:
+            print(f"{r['model']}: {base / r['median_ms']:.2f}x the speed of {results[0]['model']}")
+    _write_json(args.json, results if len(results) > 1 else results[0])
+    return 0
+
+
+def _cmd_edgetpu(args) -> int:
+    from quantization.edgetpu import edgetpu_report, format_edgetpu_report
+
+    report = edgetpu_report(args.tflite)
+    print(format_edgetpu_report(report, verbose=args.verbose))
+    _write_json(args.json, report)
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from quantization.inspection import format_report, inspect_tflite
+
+    report = inspect_tflite(args.tflite)
+    print(format_report(report, max_ops=args.ops))
+    _write_json(args.json, report)
+    return 0
+
+
+def _cmd_qat(args) -> int:
+    from quantization.qat_config import QuantizeConfig
+    from quantization.qat_train import qat_finetune
+
+    if not args.dataset:
+        raise ValueError("pass --dataset: the data the float model was trained on")
+    config = QuantizeConfig(target=args.target, keep_float=_keep_float(args.keep_float))
+    summary = qat_finetune(
+        args.model,
+        args.dataset,
+        args.output,
+        epochs=args.epochs,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        steps_per_epoch=args.steps_per_epoch,
+        calibration_samples=args.calibration_samples,
+        recipe=args.recipe,
+        model_name=args.model_name,
+        config=config,
+        data_dir=args.data_dir,
+    )
+    print(
+        f"wrote {args.output}: validation top-1 float {100 * summary['val_top1_float']:.2f}% "
+        f"-> QAT {100 * summary['val_top1_qat']:.2f}% ({summary['num_val_images']} images, "
+        f"{summary['seconds']} s)"
+    )
+    if args.export:
+        from quantization.export import export_tflite
+
+        report = export_tflite(args.output, args.export, quant="qat", target=args.target)
+        print(
+            f"wrote {args.export}: {report['size_bytes'] / 1024:.0f} KiB, output cosine vs the "
+            f"QAT model {report['verify']['cosine_vs_float_mean']:.5f}"
+        )
+    return 0

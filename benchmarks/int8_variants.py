@@ -1,0 +1,63 @@
+"""int8 PTQ of every registered variant, run in LiteRT: int8 vs float logit cosine.
+
+Same procedure as tests/test_quant_variants.py (random weights made realistic,
+static input, real-photo calibration, all files run by one separate process),
+at any size; plus the official reference checkpoints when available.
+
+    python benchmarks/int8_variants.py                 # 23 variants at 96x96
+    python benchmarks/int8_variants.py --image-size 256 --models mobilevitv3_xxs,mobilevitv3_050
+
+Writes benchmarks/results/int8_variants.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common as C  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default="all", help="comma-separated names, or 'all'")
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--quant", default="int8", choices=("int8", "int8_full"))
+    p.add_argument("--target", default="generic", choices=("generic", "edgetpu"))
+    p.add_argument("--output-dir", default=str(C.RESULTS_DIR))
+    args = p.parse_args(argv)
+
+    import mvit3_keras as m
+    from quantization.sweep import format_sweep, int8_variant_sweep
+
+    names = m.list_models() if args.models == "all" else args.models.split(",")
+    machine = C.machine_info()
+    rows = int8_variant_sweep(
+        names, image_size=args.image_size, quant=args.quant, target=args.target
+    )
+    print(
+        format_sweep(
+            rows,
+            f"{args.quant} ({args.target}) vs float, {args.image_size}x"
+            f"{args.image_size}, random weights",
+        )
+    )
+    C.write_results(
+        args.output_dir,
+        "int8_variants",
+        {
+            "image_size": args.image_size,
+            "quant": args.quant,
+            "target": args.target,
+            "rows": rows,
+            "machine": machine,
+        },
+    )
+    return 0 if all(r.get("runs") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

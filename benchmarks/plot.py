@@ -1,0 +1,159 @@
+"""Plot latency vs MACs of every measured variant (``results/latency_vs_macs.png``).
+
+Left: float inference at batch 32 (filled) and 1 (hollow), ms per image, from ``inference.json`` - our
+``tf.function`` model for every variant measured, and the timm models (best
+PyTorch layout) at the MACs of their twin. Right: LiteRT batch-1 latency at 2
+threads from ``tflite_latency.json`` (fp32, int8, QAT-int8, ONNX Runtime fp32 on
+the timm equivalent). MACs: our counter's official figure (ml-cvnets rules).
+
+    python benchmarks/plot.py [--output-dir benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common as C  # noqa: E402
+
+
+def _load(path):
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def series_inference(data, batch=1):
+    ours, peer = {}, {}
+    for r in (data or {}).get("rows", []):
+        if r["batch"] != batch:
+            continue
+        res = r["results"]
+        family = "v3" if r["model"].startswith("mobilevitv3") else "baseline"
+        if "graph" in res:
+            ours.setdefault(family, []).append(
+                (r["macs_official"], res["graph"]["ms_per_image"], r["model"])
+            )
+        best = [res[v]["ms_per_image"] for v in ("nchw", "channels_last") if v in res]
+        if best and r.get("timm"):
+            peer[r["timm"]] = (
+                r["macs_official"] if r.get("same_network") else None,
+                min(best),
+                r["timm"],
+            )
+    # timm points sit at their own MACs: the twin's (exact pairs) only.
+    return ours, [v for v in peer.values() if v[0] is not None]
+
+
+def series_tflite(data, threads=2):
+    out = {}
+    for r in (data or {}).get("rows", []):
+        if r["threads"] != threads:
+            continue
+        for q, lat in r["latency"].items():
+            out.setdefault(q, []).append((r["macs_official"], lat["median_ms"], r["model"]))
+    return out
+
+
+def plot(output_dir) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    inf = _load(os.path.join(output_dir, "inference.json"))
+    tfl = _load(os.path.join(output_dir, "tflite_latency.json"))
+    if inf is None and tfl is None:
+        print(f"[plot] no inference.json / tflite_latency.json in {output_dir}: nothing to plot")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    ax = axes[0]
+    styles = {
+        "v3": ("o", "tab:blue", "ours MobileViTv3"),
+        "baseline": ("s", "tab:green", "ours v1/v2 baselines"),
+    }
+    for batch, fill in ((32, "full"), (1, "none")):
+        ours, peer = series_inference(inf, batch)
+        for family, pts in ours.items():
+            marker, color, label = styles[family]
+            pts.sort()
+            ax.plot(
+                [p[0] / 1e6 for p in pts],
+                [p[1] for p in pts],
+                marker,
+                color=color,
+                fillstyle=fill,
+                label=f"{label}, tf.function, batch {batch}",
+            )
+            if batch == 32:
+                for x, y, name in pts:
+                    ax.annotate(
+                        name.replace("mobilevit", "mv"),
+                        (x / 1e6, y),
+                        fontsize=7,
+                        xytext=(3, 3),
+                        textcoords="offset points",
+                    )
+        if peer:
+            ax.plot(
+                [p[0] / 1e6 for p in peer],
+                [p[1] for p in peer],
+                "x" if batch == 32 else "+",
+                color="tab:red",
+                markersize=9,
+                label=f"timm twin (PyTorch eager, best layout), batch {batch}",
+            )
+    ax.set_xlabel("MACs per image (official count), M")
+    ax.set_ylabel("ms per image")
+    ax.set_title("Float inference on this CPU")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax = axes[1]
+    labels = {
+        "fp32": ("o", "tab:blue", "LiteRT fp32"),
+        "int8": ("^", "tab:orange", "LiteRT int8 (PTQ)"),
+        "int8_cpu": ("d", "tab:olive", "LiteRT int8, float attention/norm"),
+        "qat": ("v", "tab:purple", "LiteRT QAT-int8"),
+        "ort_fp32": ("x", "tab:red", "ONNX Runtime fp32 (timm)"),
+    }
+    for q, pts in series_tflite(tfl).items():
+        marker, color, label = labels.get(q, ("d", "gray", q))
+        pts.sort()
+        ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker, color=color, label=label)
+    ax.set_xlabel("MACs per image (official count, our variant), M")
+    ax.set_ylabel("ms, batch 1, 2 threads")
+    ax.set_title("TFLite / LiteRT (XNNPACK) vs ONNX Runtime")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    load = (inf or tfl or {}).get("machine", {})
+    fig.suptitle(
+        f"mvit3-keras benchmarks - {load.get('processor', '')}, {load.get('cpu_count', '?')} cores",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    from mvit3_keras.io_utils import atomic_path
+
+    path = os.path.join(output_dir, "latency_vs_macs.png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--output-dir", default=str(C.RESULTS_DIR))
+    args = p.parse_args(argv)
+    plot(args.output_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

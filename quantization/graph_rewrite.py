@@ -1,0 +1,326 @@
+"""Model transformations for export: clone a functional model with some layers swapped.
+
+:func:`prepare_for_export` returns a model that computes the same function
+(float outputs equal up to float32 rounding, tested) with the layers in the
+formulations of :mod:`quantization.export_layers`, at a static input shape
+(batch 1 by default). It is what :func:`quantization.export_tflite` converts and
+what :func:`quantization.quantize_model` instruments.
+
+``target="edgetpu"`` additionally replaces ``Dense`` layers that act on rank-4
+token maps (the v1-family transformer projections and FFN) by the equivalent
+1x1 ``Conv2D`` (the Edge TPU maps ``FULLY_CONNECTED`` only with a
+one-dimensional output), and uses the Edge TPU flavours of fold and softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Optional
+
+import keras
+import numpy as np
+
+from mvit3_keras.layers import Fold, LinearSelfAttention, Unfold
+from quantization.export_layers import (
+    FoldExport,
+    LinearSelfAttentionExport,
+    NormalizationExport,
+    UnfoldExport,
+    _check_target,
+)
+
+
+def iter_layers(model):
+    """All layers of ``model`` and its nested models, depth first."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from iter_layers(layer)
+
+
+def layers_by_name(model) -> dict:
+    return {layer.name: layer for layer in iter_layers(model)}
+
+
+def _input_rank(layer) -> Optional[int]:
+    try:
+        return len(layer.input.shape)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _copy_weights(old, new):
+    new.set_weights(old.get_weights())
+
+
+def _norm_weights(old, new):
+    values = {}
+    if getattr(old, "scale", False):
+        values["gamma"] = old.gamma.numpy()
+    if getattr(old, "center", False):
+        values["beta"] = old.beta.numpy()
+    for name, value in values.items():
+        getattr(new, name).assign(value)
+
+
+def _dense_to_conv_weights(old, new):
+    kernel = old.kernel.numpy()
+    weights = [kernel.reshape(1, 1, *kernel.shape)]
+    if old.use_bias:
+        weights.append(old.bias.numpy())
+    new.set_weights(weights)
+
+
+def _is_foldable_norm(layer) -> bool:
+    if isinstance(layer, keras.layers.LayerNormalization):
+        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        rank = _input_rank(layer)
+        return rank is not None and [a % rank for a in axis] == [rank - 1]
+    return isinstance(layer, keras.layers.GroupNormalization) and layer.groups == 1
+
+
+def _is_pointwise_linear(layer) -> bool:
+    if type(layer) is keras.layers.Dense:
+        return True
+    return (
+        type(layer) is keras.layers.Conv2D
+        and tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.strides) == (1, 1)
+        and layer.groups == 1
+    )
+
+
+def affine_fold_plan(model) -> dict:
+    """``{norm_name: linear_layer, linear_name: norm_layer}`` for LayerNorm /
+    GroupNorm(1) layers whose output feeds exactly one Dense / 1x1 Conv2D: the
+    per-channel affine ``gamma * y + beta`` moves into that layer's weights
+    (``W' = diag(gamma) W``, ``b' = b + beta W``), two elementwise ops fewer
+    per norm in the exported graph and one rounding step fewer in int8."""
+    plan = {}
+    for layer in iter_layers(model):
+        if not _is_foldable_norm(layer) or not (layer.scale or layer.center):
+            continue
+        outbound = layer._outbound_nodes  # noqa: SLF001 - Keras functional graph
+        if len(outbound) != 1:
+            continue
+        consumer = outbound[0].operation
+        if _is_pointwise_linear(consumer) and len(consumer._inbound_nodes) == 1:  # noqa: SLF001
+            plan[layer.name] = consumer
+            plan[consumer.name] = layer
+    return plan
+
+
+def _folded_linear_weights(norm, linear):
+    kernel = linear.kernel.numpy()
+    cin = kernel.shape[-2]
+    gamma = norm.gamma.numpy() if norm.scale else np.ones(cin, np.float32)
+    beta = norm.beta.numpy() if norm.center else np.zeros(cin, np.float32)
+    flat = kernel.reshape(cin, -1)
+    bias = linear.bias.numpy() if linear.use_bias else np.zeros(flat.shape[1], np.float32)
+    new_bias = (bias + beta.astype(np.float64) @ flat.astype(np.float64)).astype(np.float32)
+    new_kernel = (flat * gamma[:, None]).reshape(kernel.shape).astype(np.float32)
+    return new_kernel, new_bias
+
+
+def export_replacement(layer, target: str, plan: Optional[dict] = None):
+    """``(new_layer, weight_fn)`` for a layer with an export formulation, else None."""
+    plan = plan or {}
+    if layer.name in plan and _is_foldable_norm(layer):
+        axes = (-1,) if isinstance(layer, keras.layers.LayerNormalization) else (1, 2, 3)
+        new = NormalizationExport(
+            axes, layer.epsilon, False, False, name=layer.name, dtype=layer.dtype_policy
+        )
+        return new, None
+    if layer.name in plan and _is_pointwise_linear(layer):
+        norm = plan[layer.name]
+        as_conv = type(layer) is keras.layers.Conv2D or (
+            target == "edgetpu" and _input_rank(layer) == 4
+        )
+        units = layer.filters if type(layer) is keras.layers.Conv2D else layer.units
+        if as_conv:
+            new = keras.layers.Conv2D(
+                units,
+                1,
+                use_bias=True,
+                activation=layer.activation,
+                name=layer.name,
+                dtype=layer.dtype_policy,
+            )
+        else:
+            new = keras.layers.Dense(
+                units,
+                use_bias=True,
+                activation=layer.activation,
+                name=layer.name,
+                dtype=layer.dtype_policy,
+            )
+
+        def fold(old, new_layer, norm=norm, as_conv=as_conv):
+            kernel, bias = _folded_linear_weights(norm, old)
+            if as_conv:
+                kernel = kernel.reshape(1, 1, *kernel.shape[-2:])
+            new_layer.set_weights([kernel, bias])
+
+        return new, fold
+    if isinstance(layer, keras.layers.LayerNormalization):
+        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        rank = _input_rank(layer)
+        if rank is not None and [a % rank for a in axis] != [rank - 1]:
+            return None  # only last-axis LayerNorm is used by these models
+        new = NormalizationExport(
+            (-1,),
+            layer.epsilon,
+            layer.center,
+            layer.scale,
+            name=layer.name,
+            dtype=layer.dtype_policy,
+        )
+        return new, _norm_weights
+    if isinstance(layer, keras.layers.GroupNormalization) and layer.groups == 1:
+        if _input_rank(layer) not in (None, 4):
+            return None
+        new = NormalizationExport(
+            (1, 2, 3),
+            layer.epsilon,
+            layer.center,
+            layer.scale,
+            name=layer.name,
+            dtype=layer.dtype_policy,
+        )
+        return new, _norm_weights
+    if isinstance(layer, Unfold):
+        return UnfoldExport(target, name=layer.name), None
+    if isinstance(layer, Fold):
+        return FoldExport(target, name=layer.name), None
+    if isinstance(layer, LinearSelfAttention):
+        new = LinearSelfAttentionExport(
+            target, attention_dropout=layer.attention_dropout, name=layer.name
+        )
+        return new, None
+    if target == "edgetpu" and type(layer) is keras.layers.Dense and _input_rank(layer) == 4:
+        new = keras.layers.Conv2D(
+            layer.units,
+            1,
+            use_bias=layer.use_bias,
+            activation=layer.activation,
+            name=layer.name,
+            dtype=layer.dtype_policy,
+        )
+        return new, _dense_to_conv_weights
+    return None
+
+
+def clone_with(
+    model: keras.Model,
+    replace: Callable,
+    *,
+    input_shape=None,
+    batch_size: Optional[int] = None,
+    call_function: Optional[Callable] = None,
+) -> keras.Model:
+    """Clone ``model`` (functional, nested models too); ``replace(layer)`` returns
+    ``None`` (plain clone) or ``(new_layer, weight_fn)``; ``weight_fn(old, new)``
+    copies the weights once the new layer is built (``None``: no weights).
+
+    ``input_shape`` / ``batch_size`` fix the input of the clone (static shapes).
+    """
+    if not isinstance(model, keras.Model) or not hasattr(model, "_run_through_graph"):
+        raise TypeError(
+            f"expected a functional keras.Model (as built by mvit3_keras), got {type(model)!r}"
+        )
+    weight_fns = {}
+
+    def clone_function(layer):
+        if isinstance(layer, keras.Model):
+            return layer  # handled by recursive cloning
+        swapped = replace(layer)
+        if swapped is None:
+            new = layer.__class__.from_config(layer.get_config())
+            weight_fns[layer.name] = (layer, _copy_weights if layer.weights else None)
+            return new
+        new, fn = swapped
+        weight_fns[layer.name] = (layer, fn)
+        return new
+
+    input_tensors = None
+    inputs = model.inputs
+    if input_shape is not None or batch_size is not None:
+        if len(inputs) != 1:
+            raise ValueError("input_shape/batch_size need a single-input model")
+        shape = tuple(inputs[0].shape)
+        if input_shape is not None:
+            input_shape = tuple(int(s) for s in input_shape)
+            if len(input_shape) != len(shape) - 1:
+                raise ValueError(
+                    f"input_shape {input_shape} does not match the model input {shape[1:]}"
+                )
+            shape = (shape[0], *input_shape)
+        if batch_size is not None:
+            shape = (int(batch_size), *shape[1:])
+        input_tensors = keras.Input(batch_shape=shape, dtype=inputs[0].dtype, name=inputs[0].name)
+
+    new_model = _clone(model, clone_function, input_tensors, call_function)
+    new_layers = layers_by_name(new_model)
+    for name, (old, fn) in weight_fns.items():
+        if fn is not None and name in new_layers:
+            fn(old, new_layers[name])
+    return new_model
+
+
+def _clone(model, clone_function, input_tensors, call_function):
+    def recursive_clone(layer):
+        if isinstance(layer, keras.Model) and hasattr(layer, "_run_through_graph"):
+            return _clone(layer, clone_function, None, call_function)
+        return clone_function(layer)
+
+    return keras.models.clone_model(
+        model,
+        input_tensors=input_tensors,
+        clone_function=recursive_clone,
+        call_function=call_function,
+    )
+
+
+def prepare_for_export(
+    model: keras.Model,
+    target: str = "generic",
+    *,
+    input_shape=None,
+    batch_size: Optional[int] = 1,
+    fold_norm_affine: bool = True,
+) -> keras.Model:
+    """The model in its export formulation at a static input shape.
+
+    Args:
+        model: a functional model (``mvit3_keras.create_model`` and friends).
+        target: ``"generic"`` (CPU / GPU / NNAPI) or ``"edgetpu"``.
+        input_shape: ``(H, W, C)``; default: the model's own (must be static).
+        batch_size: static batch (1 for on-device inference); ``None`` keeps it dynamic.
+        fold_norm_affine: move the norms' gamma / beta into the following 1x1
+            linear layer (:func:`affine_fold_plan`).
+    """
+    _check_target(target)
+    shape = tuple(model.inputs[0].shape[1:]) if input_shape is None else tuple(input_shape)
+    if any(s is None for s in shape):
+        raise ValueError(
+            f"the model input {tuple(model.inputs[0].shape[1:])} has dynamic sides; pass "
+            "input_shape=(H, W, 3) to export at a fixed size"
+        )
+    plan = affine_fold_plan(model) if fold_norm_affine else {}
+    return clone_with(
+        model,
+        lambda layer: export_replacement(layer, target, plan),
+        input_shape=shape,
+        batch_size=batch_size,
+    )
+
+
+def max_abs_output_difference(a: keras.Model, b: keras.Model, images: np.ndarray) -> float:
+    """``max |a(x) - b(x)|`` over all outputs, one image at a time (batch-1 models)."""
+    worst = 0.0
+    for i in range(len(images)):
+        ya = keras.tree.flatten(a(images[i : i + 1], training=False))
+        yb = keras.tree.flatten(b(images[i : i + 1], training=False))
+        for u, v in zip(ya, yb):
+            worst = max(worst, float(np.max(np.abs(np.asarray(u) - np.asarray(v)))))
+    return worst

@@ -1,0 +1,337 @@
+"""Quantization-aware training for Keras 3 (no tensorflow-model-optimization).
+
+``quantize_model(model)`` -> a trainable functional model with fake
+quantization everywhere the int8 TFLite model quantizes (see
+:mod:`quantization.qat_config` for the scheme and :mod:`quantization.qat_layers`
+for the layers). Fine-tune it with ``model.fit`` (BatchNorm statistics stay
+frozen, ranges track moving averages), then
+``export_tflite(qat_model, "model.tflite", quant="qat")``: the converter takes
+every range from the fake-quant ops, no calibration, and the int8 file
+reproduces the QAT model's outputs (measured by the export's verification and
+by ``tests/test_quant_qat.py``).
+
+The API mirrors TFMOT: ``quantize_model(model, config=QuantizeConfig(...))`` and
+``quantize_annotate_layer(layer)`` to keep a layer in float.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import numpy as np
+
+from mvit3_keras.layers import MultiHeadSelfAttention, ResizeLike, ResizeToEven
+from quantization.export_layers import (
+    FoldExport,
+    LinearSelfAttentionExport,
+    NormalizationExport,
+    UnfoldExport,
+)
+from quantization.graph_rewrite import clone_with, iter_layers, prepare_for_export
+from quantization.qat_config import SKIP_ATTRIBUTE, QuantizeConfig, quantize_annotate_layer
+from quantization.qat_layers import (
+    QAT_LAYER_CLASSES,
+    QuantActivation,
+    QuantConv,
+    QuantizeWrapper,
+    QuantLinearSelfAttention,
+    QuantMultiHeadSelfAttention,
+    QuantNormalization,
+)
+from quantization.quantizers import ActivationQuantizer
+
+__all__ = [
+    "QuantizeConfig",
+    "calibrate_ranges",
+    "is_qat_model",
+    "qat_target",
+    "quantize_annotate_layer",
+    "quantize_model",
+]
+
+# Layers that only move data: TFLite keeps the input's quantization parameters.
+PASS_THROUGH = (
+    keras.layers.InputLayer,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Dropout,
+    keras.layers.Reshape,
+    keras.layers.Permute,
+    keras.layers.Flatten,
+    keras.layers.Identity,
+    keras.layers.Cropping2D,
+    UnfoldExport,
+    FoldExport,
+    ResizeToEven,
+    ResizeLike,
+)
+# Layers without weights whose output gets its own range.
+OUTPUT_QUANTIZED = (
+    keras.layers.Add,
+    keras.layers.Subtract,
+    keras.layers.Multiply,
+    keras.layers.Concatenate,
+    keras.layers.GlobalAveragePooling2D,
+    keras.layers.AveragePooling2D,
+    keras.layers.MaxPooling2D,
+    keras.layers.ReLU,
+)
+_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+
+
+def is_qat_model(model) -> bool:
+    """True if ``model`` was made by :func:`quantize_model` (has fake-quant layers)."""
+    return any(isinstance(layer, QAT_LAYER_CLASSES) for layer in iter_layers(model))
+
+
+def qat_target(model) -> str:
+    for layer in iter_layers(model):
+        if isinstance(layer, (UnfoldExport, FoldExport, LinearSelfAttentionExport)):
+            return layer.target
+    return "generic"
+
+
+def qat_float_islands(model) -> tuple:
+    """The ``QuantizeConfig.keep_float`` parts of a QAT model."""
+    parts = set()
+    for layer in iter_layers(model):
+        if getattr(layer, "float_core", False):
+            parts.add("attention")
+        if getattr(layer, "float_statistics", False):
+            parts.add("normalization")
+    return tuple(sorted(parts))
+
+
+def float_layers(model) -> list:
+    """Names of compute layers a QAT model leaves in float (annotated / skipped)."""
+    names = []
+    for layer in iter_layers(model):
+        if isinstance(layer, QAT_LAYER_CLASSES) or isinstance(layer, PASS_THROUGH):
+            continue
+        if isinstance(layer, keras.Model) or isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        if isinstance(layer, keras.layers.Identity):
+            continue
+        names.append(layer.name)
+    return names
+
+
+def _conv_class_name(layer) -> str:
+    for cls in (keras.layers.DepthwiseConv2D, keras.layers.Conv2D, keras.layers.Dense):
+        if type(layer) is cls:
+            return cls.__name__
+    raise TypeError(f"unsupported convolution class {type(layer).__name__}")
+
+
+def _fold_plan(model) -> dict:
+    """``{conv_name: bn_layer}`` for BatchNorms that directly follow a conv whose
+    output feeds nothing else."""
+    plan = {}
+    for layer in iter_layers(model):
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        nodes = layer._inbound_nodes  # noqa: SLF001 - Keras functional graph
+        if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
+            continue
+        parent = nodes[0].parent_nodes[0].operation
+        if type(parent) in _CONVS and len(parent._outbound_nodes) == 1:  # noqa: SLF001
+            plan[parent.name] = layer
+    return plan
+
+
+def _transfer_conv(bn):
+    def fn(old, new):
+        new.inner.set_weights(old.get_weights())
+        if bn is not None:
+            new.batch_norm.set_weights(bn.get_weights())
+
+    return fn
+
+
+def _transfer_same(old, new):
+    new_weights = {w.path.split("/")[-1]: w for w in new.weights}
+    for w in old.weights:
+        key = w.path.split("/")[-1]
+        if key in new_weights:
+            new_weights[key].assign(w)
+
+
+def _transfer_wrapped(old, new):
+    new.layer.set_weights(old.get_weights())
+
+
+def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) -> keras.Model:
+    """A quantization-aware copy of ``model`` (weights copied, ready for ``fit``).
+
+    ``model`` is first rewritten into its export formulation for
+    ``config.target`` (:func:`quantization.prepare_for_export`, static H, W;
+    the batch stays dynamic for training), then every layer is replaced by its
+    quantized version. Layers annotated with :func:`quantize_annotate_layer`
+    (or matching ``config.skip``) stay float, with their output re-quantized.
+    Raises ``ValueError`` for layer types without a quantized version.
+    """
+    config = config or QuantizeConfig()
+    if is_qat_model(model):
+        raise ValueError("the model is already quantization-aware")
+    skipped = {layer.name for layer in iter_layers(model) if config.skips(layer)}
+    prepared = prepare_for_export(model, config.target, batch_size=None)
+    for layer in iter_layers(prepared):
+        if layer.name in skipped:
+            setattr(layer, SKIP_ATTRIBUTE, True)
+    plan = _fold_plan(prepared) if config.fold_batch_norm else {}
+    folded_bns = {bn.name for name, bn in plan.items() if name not in skipped}
+    decay = config.ema_decay
+    unsupported = []
+
+    def replace(layer):
+        if layer.name in skipped:
+            return None
+        if layer.name in folded_bns:
+            return keras.layers.Identity(name=layer.name), None
+        if type(layer) in _CONVS:
+            bn = plan.get(layer.name)
+            new = QuantConv(
+                _conv_class_name(layer),
+                layer.get_config(),
+                None if bn is None else bn.get_config(),
+                decay,
+                config.per_channel,
+                name=layer.name,
+            )
+            return new, _transfer_conv(bn)
+        if isinstance(layer, keras.layers.Activation):
+            activation = keras.activations.serialize(layer.activation)
+            activation = (
+                activation if isinstance(activation, str) else activation.get("config", activation)
+            )
+            name = getattr(layer.activation, "__name__", str(activation))
+            return QuantActivation(name, decay, name=layer.name), None
+        if isinstance(layer, NormalizationExport):
+            new = QuantNormalization(
+                decay,
+                "normalization" in config.keep_float,
+                axes=layer.axes,
+                epsilon=layer.epsilon,
+                center=layer.center,
+                scale=layer.scale,
+                name=layer.name,
+            )
+            return new, _transfer_same
+        if isinstance(layer, MultiHeadSelfAttention):
+            new = QuantMultiHeadSelfAttention(
+                decay,
+                "attention" in config.keep_float,
+                num_heads=layer.num_heads,
+                attention_dropout=layer.attention_dropout,
+                name=layer.name,
+            )
+            return new, None
+        if isinstance(layer, LinearSelfAttentionExport):
+            new = QuantLinearSelfAttention(
+                decay,
+                "attention" in config.keep_float,
+                target=layer.target,
+                attention_dropout=layer.attention_dropout,
+                name=layer.name,
+            )
+            return new, None
+        if isinstance(layer, OUTPUT_QUANTIZED):
+            inner = layer.__class__.from_config(dict(layer.get_config(), name="inner"))
+            return QuantizeWrapper(inner, decay, name=layer.name), _transfer_wrapped
+        if isinstance(layer, PASS_THROUGH) or isinstance(layer, keras.layers.BatchNormalization):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                unsupported.append(f"{layer.name} (BatchNormalization not after a convolution)")
+            return None
+        unsupported.append(f"{layer.name} ({type(layer).__name__})")
+        return None
+
+    input_quantizers = {}
+
+    def call_function(layer, *args, **kwargs):
+        def quantize_input(t):
+            history = getattr(t, "_keras_history", None)
+            if history is None or not isinstance(history.operation, keras.layers.InputLayer):
+                return t
+            key = id(t)
+            if key not in input_quantizers:
+                quantizer = ActivationQuantizer(
+                    decay,
+                    fixed_range=config.input_range,
+                    name=f"{history.operation.name}_quantizer",
+                )
+                input_quantizers[key] = quantizer(t)
+            return input_quantizers[key]
+
+        args = keras.tree.map_structure(
+            lambda t: quantize_input(t) if isinstance(t, keras.KerasTensor) else t, args
+        )
+        if kwargs.get("mask", 0) is None:  # recorded by BatchNormalization nodes
+            kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
+        out = layer(*args, **kwargs)
+        if layer.name in skipped and not isinstance(layer, PASS_THROUGH):
+            requant = ActivationQuantizer(decay, name=f"{layer.name}.requantize")
+            out = keras.tree.map_structure(requant, out)
+        return out
+
+    qat = clone_with(prepared, replace, call_function=call_function)
+    if unsupported:
+        raise ValueError(
+            "no quantized version for: "
+            + ", ".join(unsupported[:10])
+            + " - annotate them with quantization.quantize_annotate_layer(layer) to keep them "
+            "in float, or add a QuantizeConfig.skip pattern"
+        )
+    return qat
+
+
+def calibrate_ranges(qat_model: keras.Model, images, *, batch_size: int = 16) -> keras.Model:
+    """Initialise the activation ranges of a fresh QAT model from ``images``
+    (moving averages over the batches, no weight update, no dropout), so
+    fine-tuning starts from the post-training-quantized operating point."""
+    quantizers = [
+        layer
+        for layer in _all_sublayers(qat_model)
+        if isinstance(layer, ActivationQuantizer) and layer.fixed_range is None
+    ]
+    for q in quantizers:
+        q.force_update = True
+    try:
+        images = np.asarray(images, dtype=np.float32)
+        for start in range(0, len(images), batch_size):
+            qat_model(images[start : start + batch_size], training=False)
+    finally:
+        for q in quantizers:
+            q.force_update = False
+    return qat_model
+
+
+def uncalibrated_quantizers(qat_model: keras.Model) -> list:
+    """Paths of activation quantizers whose range was never set (no calibration,
+    no training step)."""
+    return [
+        layer.path if hasattr(layer, "path") else layer.name
+        for layer in _all_sublayers(qat_model)
+        if isinstance(layer, ActivationQuantizer)
+        and layer.fixed_range is None
+        and float(keras.ops.convert_to_numpy(layer.initialized)) == 0.0
+    ]
+
+
+def bake_ranges(qat_model: keras.Model) -> keras.Model:
+    """Make every activation quantizer trace its (frozen) range as a constant:
+    used on the copy of a QAT model that is converted."""
+    for layer in _all_sublayers(qat_model):
+        if isinstance(layer, ActivationQuantizer):
+            layer.bake_ranges = True
+        elif isinstance(layer, (QuantConv, QuantNormalization)):
+            layer.bake = True
+    return qat_model
+
+
+def _all_sublayers(model):
+    seen = set()
+    for layer in iter_layers(model):
+        for sub in layer._flatten_layers(include_self=True, recursive=True):  # noqa: SLF001
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                yield sub

@@ -1,0 +1,100 @@
+"""Smoke runs of the benchmark scripts (our side only, tiny models / images, one round).
+
+They check that each script runs end to end and writes the JSON its README
+section and the plot read; they time nothing (figures come from
+``bash benchmarks/run_all.sh``, never from tests).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytestmark = pytest.mark.xdist_group("benchmarks")
+
+
+def _run(module, tmp_path, *extra):
+    import importlib
+
+    mod = importlib.import_module(f"benchmarks.{module}")
+    assert mod.main(["--smoke", "--output-dir", str(tmp_path), *extra]) == 0
+
+
+def _load(tmp_path, name):
+    path = tmp_path / f"{name}.json"
+    assert path.is_file(), f"{name}.json was not written"
+    data = json.loads(path.read_text())
+    assert data["machine"]["cpu_count"] >= 1
+    assert data["table"].lstrip().startswith("###")
+    assert not list(tmp_path.glob("*.tmp*")), "temporary files left behind"
+    return data
+
+
+def test_inference_smoke(tmp_path):
+    _run("inference", tmp_path)
+    data = _load(tmp_path, "inference")
+    rows = data["rows"]
+    assert [r["batch"] for r in rows] == [2, 1]
+    for r in rows:
+        assert r["model"] == "mobilevitv3_xxs" and r["params"] == 1_249_448
+        assert r["macs_official"] > 0 and r["macs_real"] > 0
+        for variant in ("eager", "graph"):
+            res = r["results"][variant]
+            assert res["images_per_s"] > 0 and res["n"] >= 1
+        assert r["ratio_best"] is None and r["target_met"] is None  # no peer in smoke runs
+        assert 0 < r["graph_fraction_of_peak"] < 1
+    assert data["matmul_peak_macs_per_s"]["ours"] > 0
+
+    # The plot script draws from the JSON the benchmarks write.
+    from benchmarks import plot
+
+    assert plot.plot(str(tmp_path)) and (tmp_path / "latency_vs_macs.png").stat().st_size > 10_000
+
+
+def test_training_step_smoke(tmp_path):
+    _run("training_step", tmp_path)
+    (row,) = _load(tmp_path, "training_step")["rows"]
+    ours = row["ours"]
+    assert ours["images_per_s"] > 0 and ours["peak_rss_mib"] > 0
+    assert ours["jit_compile"] is False  # what fit() uses on a CPU-only machine
+    assert "peer" not in row and "ratio" not in row
+
+
+def test_machine_peak_smoke(tmp_path):
+    _run("machine_peak", tmp_path)
+    data = _load(tmp_path, "machine_peak")
+    assert data["peak_macs_per_s"] > 0
+    (row,) = data["rows"]
+    assert 0 < row["fraction_of_peak"] < 1
+
+
+def test_profile_tf_smoke(tmp_path):
+    _run("profile_tf", tmp_path)
+    (prof,) = _load(tmp_path, "profile_tf")["profiles"]
+    kinds = prof["by_layer_kind_us"]
+    assert {"Conv2D", "MultiHeadSelfAttention"} <= set(kinds)
+    assert prof["busy_us_per_step"] > 0
+
+
+def test_tflite_latency_smoke(tmp_path):
+    _run("tflite_latency", tmp_path)
+    data = _load(tmp_path, "tflite_latency")
+    (row,) = data["rows"]
+    assert set(row["latency"]) == {"fp32", "int8"}
+    assert all(v["median_ms"] > 0 for v in row["latency"].values())
+    assert row["files"]["fp32"]["cosine_vs_keras_min"] > 0.999
+    assert row["int8_vs_fp32"] > 0 and row["best_int8"] == "int8"
+
+
+def test_timm_state_dict_mapping_rejects_other_architecture():
+    """The twin check fails loudly when the timm model is a different network."""
+    import mvit3_keras as m
+    from benchmarks.timm_equivalence import to_timm_state_dict
+
+    model = m.create_model("mobilevit_xxs", input_shape=(64, 64, 3))
+    n = sum(1 for k in m.to_cvnets_state_dict(model) if not k.endswith("num_batches_tracked"))
+    with pytest.raises(ValueError, match="not the same architecture"):
+        to_timm_state_dict(model, [["x", [1]]] * (n - 1))
+    with pytest.raises(ValueError, match="shapes differ"):
+        to_timm_state_dict(model, [["x", [1]]] * n)

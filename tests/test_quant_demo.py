@@ -1,0 +1,39 @@
+"""The quantization step of the README demo, after a quick training run (slow: ~5 min)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _slow_only_on_request(request):
+    """``@pytest.mark.slow`` tests run only when selected (``-m slow``)."""
+    if request.node.get_closest_marker("slow") and "slow" not in (
+        request.config.getoption("markexpr") or ""
+    ):
+        pytest.skip("slow test: run with -m slow")
+
+
+@pytest.mark.slow
+def test_demo_quantization_step(tmp_path):
+    from quantization.demo_steps import step_quantize
+    from training.demo_steps import step_train
+
+    context = {"output": str(tmp_path), "quick": True, "results": {}}
+    context["results"]["train on real data"] = step_train(context)
+    result = step_quantize(context)
+    names = [row["name"] for row in result["rows"]]
+    assert names[0] == "fp32" and any(n.startswith("QAT") for n in names)
+    for row in result["rows"]:
+        assert os.path.isfile(row["file"]) and row["median_ms"] > 0
+        assert 0.0 <= row["edgetpu_op_share"] <= 1.0
+    fp32 = result["rows"][0]
+    assert abs(fp32["delta_top1"]) < 1e-9 and fp32["agreement"] == 1.0
+    ptq = next(r for r in result["rows"] if r["name"].startswith("PTQ int8 (all"))
+    assert ptq["delta_top1"] >= -0.02  # quick training: a looser bound than the full demo
+    saved = json.loads((tmp_path / "quantization" / "quantization_results.json").read_text())
+    assert saved["checks"] == result["checks"]
+    assert (tmp_path / "quantization" / "quantization_table.txt").is_file()

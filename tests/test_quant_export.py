@@ -1,0 +1,281 @@
+"""Export paths: formulations, every quant type, Edge TPU target, checks, crashes."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import mvit3_keras as m
+from quantization import ExportCheckError, export_tflite, inspect_tflite, run_tflite
+from quantization.calibration import collect_images
+from quantization.edgetpu import edgetpu_report
+from quantization.export import cosine_similarity
+from quantization.graph_rewrite import max_abs_output_difference, prepare_for_export
+from quantization.synthetic import photo_crops, recalibrate_batchnorm
+from quantization.verify import RuntimeCrashError, locate_crash, verify_in_subprocess
+
+
+def _model(name, size=64, classes=10, seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = m.create_model(name, input_shape=(size, size, 3), num_classes=classes)
+    recalibrate_batchnorm(model, photo_crops(8, size, seed=seed), seed=seed)
+    return model
+
+
+@pytest.fixture(scope="module")
+def crops64():
+    return photo_crops(12, 64, seed=3)
+
+
+@pytest.mark.parametrize(
+    "name", ["mobilevitv3_xxs", "mobilevit_xs", "mobilevitv3_050", "mobilevitv2_075"]
+)
+@pytest.mark.parametrize("target", ["generic", "edgetpu"])
+def test_export_formulation_computes_the_same_function(name, target):
+    """The swapped layers (norms, unfold/fold, softmax, dense->conv) are numerically
+    the same model: float outputs equal up to float32 rounding, at an odd size too."""
+    images = photo_crops(2, 96, seed=1)
+    model = _model(name, size=96)
+    prepared = prepare_for_export(model, target)
+    assert prepared.inputs[0].shape[0] == 1  # static batch 1
+    scale = float(np.abs(model.predict(images, verbose=0)).max())
+    assert max_abs_output_difference(model, prepared, images) <= 2e-5 * max(scale, 1.0)
+    kinds = {type(layer).__name__ for layer in prepared.layers}
+    assert "LayerNormalization" not in kinds and "GroupNormalization" not in kinds
+    assert "Unfold" not in kinds and "Fold" not in kinds
+
+
+def test_every_quant_type_runs_and_keeps_its_promise(tmp_path, crops64):
+    model = _model("mobilevitv3_xxs")
+    ref = model.predict(crops64[8:], verbose=0)
+    expectations = {
+        "fp32": ("float32", 0.9999),
+        "fp16": ("float32", 0.999),
+        "dynamic": ("float32", 0.95),
+        "int8": ("float32", 0.9),
+        "int8_full": ("int8", 0.9),
+    }
+    for quant, (io_dtype, min_cos) in expectations.items():
+        path = tmp_path / f"xxs_{quant}.tflite"
+        report = export_tflite(model, path, quant=quant, representative_data=crops64[:8])
+        assert path.is_file() and report["verify"]["separate_process"]
+        assert report["inputs"][0]["shape"] == [1, 64, 64, 3]
+        assert report["inputs"][0]["dtype"] == io_dtype
+        assert report["outputs"][0]["dtype"] == io_dtype
+        assert not report["custom_ops"] and not report["dynamic_tensors"]
+        hist = report["op_histogram"]
+        if quant in ("int8", "int8_full"):
+            assert not report["float_ops"], report["float_ops"]
+            assert any(k.startswith("CONV_2D") for k in hist)
+        if quant == "fp16":
+            assert any(k.startswith("DEQUANTIZE") for k in hist)  # fp16 weights
+        if quant == "fp32":
+            assert report["int8_tensors"] == 0
+        out = run_tflite(path, crops64[8:])
+        assert cosine_similarity(out, ref).mean() >= min_cos, quant
+    sizes = {q: os.path.getsize(tmp_path / f"xxs_{q}.tflite") for q in expectations}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+
+
+def test_int8_full_io_quantization_and_runtime_helper(tmp_path, crops64):
+    model = _model("mobilevit_xxs")
+    path = tmp_path / "full.tflite"
+    report = export_tflite(model, path, quant="int8_full", representative_data=crops64[:8])
+    q = report["inputs"][0]["quantization"]
+    assert report["inputs"][0]["dtype"] == "int8" and q["scale"] > 0
+    float_out = run_tflite(path, crops64[8:])  # float images in, dequantized logits out
+    assert float_out.dtype == np.float32 and float_out.shape == (4, 10)
+    with pytest.raises(ValueError, match="do not fit the model input"):
+        run_tflite(path, photo_crops(1, 32))
+
+
+def test_edgetpu_target_v2_family_maps_entirely(tmp_path):
+    """MobileViTv3-0.5 (separable linear attention): uint8 I/O and every op meets
+    the documented Edge TPU constraints."""
+    images = photo_crops(10, 96, seed=2)
+    model = _model("mobilevitv3_050", size=96)
+    path = tmp_path / "v3_050_edgetpu.tflite"
+    report = export_tflite(
+        model, path, quant="int8_full", target="edgetpu", representative_data=images[:8]
+    )
+    assert report["inputs"][0]["dtype"] == "uint8" and report["outputs"][0]["dtype"] == "uint8"
+    assert not any(
+        k.startswith(("BATCH_MATMUL", "DEPTH_TO_SPACE", "FULLY_CONNECTED v5"))
+        for k in report["op_histogram"]
+    )
+    et = edgetpu_report(path)
+    assert et["first_cpu_op"] is None, et["first_cpu_op"]
+    assert et["mapped_op_share"] == 1.0 and et["mapped_mac_share"] == 1.0
+    out = run_tflite(path, images[8:])
+    assert cosine_similarity(out, model.predict(images[8:], verbose=0)).mean() > 0.8
+
+
+def test_edgetpu_target_v1_family_reports_first_cpu_op(tmp_path):
+    images = photo_crops(8, 96, seed=2)
+    model = _model("mobilevitv3_xxs", size=96)
+    path = tmp_path / "xxs_edgetpu.tflite"
+    report = export_tflite(model, path, target="edgetpu", quant="int8", representative_data=images)
+    assert report["quant"] == "int8_full" and report["inputs"][0]["dtype"] == "uint8"
+    et = edgetpu_report(path)
+    first = et["first_cpu_op"]
+    assert first is not None and "attn" in first["output"]  # the v1 attention core
+    assert 0.0 < et["mapped_op_share"] < 1.0
+    assert not any(o["op"] == "FULLY_CONNECTED" and not o["supported"] for o in et["ops"])
+
+
+def test_keep_float_islands_for_cpu(tmp_path, crops64):
+    model = _model("mobilevitv3_xxs")
+    path = tmp_path / "mixed.tflite"
+    report = export_tflite(
+        model,
+        path,
+        quant="int8",
+        representative_data=crops64[:8],
+        keep_float=("attention", "normalization"),
+    )
+    float_ops = {o["op"] for o in report["float_ops"]}
+    assert float_ops == {"BATCH_MATMUL", "SOFTMAX", "RSQRT", "ADD"}, float_ops
+    with pytest.raises(ValueError, match="Edge TPU"):
+        export_tflite(
+            model,
+            tmp_path / "x.tflite",
+            quant="int8_full",
+            target="edgetpu",
+            representative_data=crops64[:8],
+            keep_float=("attention",),
+        )
+
+
+def test_stock_formulation_abort_is_caught_and_located(tmp_path):
+    """The stock Keras LayerNormalization lowers to SQUARED_DIFFERENCE, whose int8
+    Prepare aborts the process when the squared deviations are tiny compared with
+    the input range (default Keras init). The runtime check survives the abort,
+    names the op, and the export formulation of the same model runs."""
+    import keras
+
+    from quantization.export import _concrete_function
+
+    keras.utils.set_random_seed(0)
+    model = m.create_model("mobilevitv3_xxs", input_shape=(64, 64, 3), num_classes=10)
+    images = photo_crops(8, 64)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model, 1)])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([images[i : i + 1]] for i in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    stock = tmp_path / "stock.tflite"
+    stock.write_bytes(converter.convert())
+    (result,) = verify_in_subprocess([stock], images=[images[:1]])
+    assert result["crashed"] and not result["ok"]
+    assert result["crash_op"]["op"] == "SQUARED_DIFFERENCE"
+    assert locate_crash(stock)["index"] == result["crash_op"]["index"]
+    fixed = export_tflite(
+        model, tmp_path / "fixed.tflite", quant="int8", representative_data=images
+    )
+    assert "SQUARED_DIFFERENCE v2" not in fixed["op_histogram"]
+    assert fixed["verify"]["separate_process"]
+
+
+def test_runtime_crash_error_names_the_op(tmp_path):
+    from quantization.verify import verify_tflite
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x00\x00\x00\x00TFL3" + b"\x00" * 64)
+    with pytest.raises(RuntimeCrashError, match="does not run in LiteRT"):
+        verify_tflite(bad, locate=False)
+
+
+def test_flex_ops_are_rejected(tmp_path):
+    @tf.function(input_signature=[tf.TensorSpec((1, 3, 3), tf.float32)])
+    def det(x):
+        return tf.linalg.det(x)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([det.get_concrete_function()])
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS,
+        tf.lite.OpsSet.SELECT_TF_OPS,
+    ]
+    report = inspect_tflite(converter.convert())
+    assert report["custom_ops"][0]["op"] == "CUSTOM:FlexMatrixDeterminant"
+    from quantization.inspection import check_tflite
+
+    with pytest.raises(ExportCheckError, match="Flex"):
+        check_tflite(report, "fp32")
+
+
+def test_representative_data_forms(crops64):
+    arr = collect_images(crops64, num_samples=5, input_shape=(64, 64, 3))
+    assert arr.shape == (5, 64, 64, 3)
+    ds = tf.data.Dataset.from_tensor_slices((crops64, np.arange(12))).batch(4)
+    assert collect_images(ds, num_samples=6).shape == (6, 64, 64, 3)
+    gen = ({"image": crops64[i]} for i in range(12))
+    assert collect_images(gen, num_samples=3).shape == (3, 64, 64, 3)
+    assert collect_images(lambda: iter(crops64), num_samples=2).shape == (2, 64, 64, 3)
+    with pytest.raises(ValueError, match="0-255|divide"):
+        collect_images(crops64 * 255.0)
+    with pytest.raises(ValueError, match="resize them"):
+        collect_images(crops64, input_shape=(96, 96, 3))
+    with pytest.raises(ValueError, match="representative_data"):
+        collect_images(None)
+
+
+def test_export_argument_errors(tmp_path, crops64):
+    model = _model("mobilevitv3_xxs")
+    with pytest.raises(ValueError, match="quant must be"):
+        export_tflite(model, tmp_path / "a.tflite", quant="int4")
+    with pytest.raises(ValueError, match="full-integer"):
+        export_tflite(model, tmp_path / "a.tflite", quant="fp32", target="edgetpu")
+    with pytest.raises(ValueError, match=".tflite"):
+        export_tflite(model, tmp_path / "a.bin", quant="fp32")
+    with pytest.raises(ValueError, match="quantization-aware"):
+        export_tflite(model, tmp_path / "a.tflite", quant="qat")
+    with pytest.raises(ValueError, match="representative_data"):
+        export_tflite(model, tmp_path / "a.tflite", quant="int8")
+    dynamic = m.create_model("mobilevitv3_xxs", input_shape=(None, None, 3), num_classes=10)
+    with pytest.raises(ValueError, match="input_shape"):
+        export_tflite(dynamic, tmp_path / "a.tflite", quant="fp32")
+    report = export_tflite(dynamic, tmp_path / "b.tflite", quant="fp32", input_shape=(64, 64, 3))
+    assert report["inputs"][0]["shape"] == [1, 64, 64, 3]
+    assert not (tmp_path / "a.tflite").exists()  # nothing half-written on failure
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
+
+
+def test_segmentation_int8_export_with_argmax(tmp_path):
+    """DeepLabv3 on MobileViTv3-XXS: int8 logits and an in-model argmax mask, static
+    output size equal to the input, run in LiteRT."""
+    seg = pytest.importorskip("mvit3_keras.segmentation")
+    images = photo_crops(10, 96, seed=4)
+    outputs = {}
+    for argmax in (False, True):
+        import keras
+
+        keras.utils.set_random_seed(0)
+        model = seg.create_segmenter(
+            "mobilevitv3_xxs",
+            input_shape=(96, 96, 3),
+            output_resolution="input",
+            include_argmax=argmax,
+            aux_head=False,
+        )
+        recalibrate_batchnorm(model, images[:8])
+        path = tmp_path / f"seg_{argmax}.tflite"
+        report = export_tflite(model, path, quant="int8", representative_data=images[:8])
+        outputs[argmax] = (
+            run_tflite(path, images[8:]),
+            model.predict(images[8:], verbose=0),
+            report,
+        )
+    logits, ref_logits, report = outputs[False]
+    assert logits.shape == (2, 96, 96, 21) and not report["float_ops"]
+    assert cosine_similarity(logits, ref_logits).mean() > 0.9
+    mask, ref_mask, report = outputs[True]
+    assert report["outputs"][0]["dtype"] == "int32" and mask.shape == (2, 96, 96)
+    assert any(k.startswith("ARG_MAX") for k in report["op_histogram"])
+    # the in-model argmax of the int8 graph == argmax of the int8 logits export
+    assert np.mean(mask == logits.argmax(-1)) > 0.95
+    # random weights: 21 nearly tied logits per pixel, so only a loose bound vs float
+    assert np.mean(mask == ref_mask) > 0.4

@@ -1,0 +1,179 @@
+"""The ``mvit3`` quantization commands and the report / benchmark helpers."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import pytest
+
+import mvit3_keras as m
+from mvit3_keras.cli import main
+from quantization.edgetpu import parse_compiler_log
+from quantization.synthetic import photo_crops, recalibrate_batchnorm
+
+
+@pytest.fixture(autouse=True)
+def _slow_only_on_request(request):
+    """``@pytest.mark.slow`` tests run only when selected (``-m slow``)."""
+    if request.node.get_closest_marker("slow") and "slow" not in (
+        request.config.getoption("markexpr") or ""
+    ):
+        pytest.skip("slow test: run with -m slow")
+
+
+COMPILER_LOG = """Edge TPU Compiler version 16.0.384591198
+Input: model.tflite
+Output: model_edgetpu.tflite
+
+Operator                       Count      Status
+
+CONV_2D                        61         Mapped to Edge TPU
+BATCH_MATMUL                   18         Operation not supported
+SOFTMAX                        9          More than one subgraph is not supported
+Number of operations that will run on Edge TPU: 120
+Number of operations that will run on CPU: 300
+"""
+
+
+def test_parse_edgetpu_compiler_log():
+    parsed = parse_compiler_log(COMPILER_LOG)
+    assert parsed["edgetpu_ops"] == 120 and parsed["cpu_ops"] == 300
+    assert parsed["ops"][0] == {"op": "CONV_2D", "count": 61, "status": "Mapped to Edge TPU"}
+    assert parsed["ops"][1]["status"] == "Operation not supported"
+
+
+@pytest.fixture(scope="module")
+def demo_model(tmp_path_factory):
+    """A MobileViTv3-XXS with 10 classes at 32x32 (the demo data's size)."""
+    keras.utils.set_random_seed(0)
+    model = m.create_model("mobilevitv3_xxs", input_shape=(32, 32, 3), num_classes=10)
+    recalibrate_batchnorm(model, photo_crops(8, 32))
+    path = tmp_path_factory.mktemp("cli") / "xxs.keras"
+    model.save(path)
+    return path
+
+
+def test_cli_export_evaluate_benchmark_report(demo_model, tmp_path, capsys):
+    tfl = tmp_path / "xxs_int8.tflite"
+    export_json = tmp_path / "export.json"
+    assert (
+        main(
+            [
+                "export",
+                str(demo_model),
+                "--quant",
+                "int8",
+                "--output",
+                str(tfl),
+                "--dataset",
+                "demo",
+                "--split",
+                "train",
+                "--calibration-samples",
+                "32",
+                "--json",
+                str(export_json),
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "calibration: 32 images of demo/train" in out and "verified in a separate" in out
+    report = json.loads(export_json.read_text())
+    assert report["quant"] == "int8" and report["inputs"][0]["shape"] == [1, 32, 32, 3]
+
+    eval_json = tmp_path / "eval.json"
+    assert (
+        main(
+            [
+                "evaluate-tflite",
+                str(tfl),
+                "--dataset",
+                "demo",
+                "--limit",
+                "64",
+                "--keras",
+                str(demo_model),
+                "--json",
+                str(eval_json),
+            ]
+        )
+        == 0
+    )
+    result = json.loads(eval_json.read_text())
+    assert result["num_images"] == 64
+    assert {"top1", "top5"} <= set(result["tflite"]) and {"top1", "top5"} <= set(result["keras"])
+    assert 0.0 <= result["agreement"] <= 1.0 and result["cosine_mean"] > 0.5
+    assert "agreement" in capsys.readouterr().out
+
+    bench_json = tmp_path / "bench.json"
+    assert (
+        main(
+            [
+                "benchmark",
+                str(tfl),
+                "--threads",
+                "1",
+                "--runs",
+                "3",
+                "--warmup",
+                "1",
+                "--profile",
+                "--json",
+                str(bench_json),
+            ]
+        )
+        == 0
+    )
+    bench = json.loads(bench_json.read_text())
+    assert bench["median_ms"] > 0 and bench["p90_ms"] >= bench["median_ms"] * 0.5
+    assert "CONV_2D" in bench["profile"]["by_type"]
+    assert "sum of per-op medians" in capsys.readouterr().out
+
+    assert main(["edgetpu-report", str(tfl), "--verbose"]) == 0
+    text = capsys.readouterr().out
+    assert "first op on the CPU" in text and "edgetpu_compiler not on PATH" in text
+    assert main(["inspect-tflite", str(tfl), "--ops", "3"]) == 0
+    assert "CONV_2D" in capsys.readouterr().out
+
+
+def test_cli_errors_are_clear(demo_model, tmp_path, capsys):
+    assert (
+        main(["export", str(demo_model), "--quant", "int8", "--output", str(tmp_path / "x.tflite")])
+        == 2
+    )
+    assert "needs calibration data" in capsys.readouterr().err
+    assert main(["edgetpu-report", str(tmp_path / "missing.tflite")]) == 2
+    assert "no such .tflite file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_qat_finetune_and_export(demo_model, tmp_path, capsys):
+    out = tmp_path / "qat.keras"
+    tfl = tmp_path / "qat.tflite"
+    assert (
+        main(
+            [
+                "qat",
+                str(demo_model),
+                "--dataset",
+                "demo",
+                "--output",
+                str(out),
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "2",
+                "--calibration-samples",
+                "32",
+                "--export",
+                str(tfl),
+            ]
+        )
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert out.is_file() and tfl.is_file() and "QAT" in text
+    summary = json.loads((tmp_path / "qat.keras.json").read_text())
+    assert summary["epochs"] == 1 and summary["steps_per_epoch"] == 2
