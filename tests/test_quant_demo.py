@@ -8,15 +8,6 @@ import os
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _slow_only_on_request(request):
-    """``@pytest.mark.slow`` tests run only when selected (``-m slow``)."""
-    if request.node.get_closest_marker("slow") and "slow" not in (
-        request.config.getoption("markexpr") or ""
-    ):
-        pytest.skip("slow test: run with -m slow")
-
-
 @pytest.mark.slow
 def test_demo_quantization_step(tmp_path):
     from quantization.demo_steps import step_quantize

@@ -17,16 +17,6 @@ from quantization import export_tflite, run_tflite
 from quantization.export import cosine_similarity
 from quantization.synthetic import photo_crops
 
-
-@pytest.fixture(autouse=True)
-def _slow_only_on_request(request):
-    """``@pytest.mark.slow`` tests run only when selected (``-m slow``)."""
-    if request.node.get_closest_marker("slow") and "slow" not in (
-        request.config.getoption("markexpr") or ""
-    ):
-        pytest.skip("slow test: run with -m slow")
-
-
 CASES = [
     ("mobilevitv3_xxs", "cls_xx_small_v3", 0.99),
     ("mobilevitv3_050", "cls_w0.5", 0.97),

@@ -12,16 +12,6 @@ from mvit3_keras.cli import main
 from quantization.edgetpu import parse_compiler_log
 from quantization.synthetic import photo_crops, recalibrate_batchnorm
 
-
-@pytest.fixture(autouse=True)
-def _slow_only_on_request(request):
-    """``@pytest.mark.slow`` tests run only when selected (``-m slow``)."""
-    if request.node.get_closest_marker("slow") and "slow" not in (
-        request.config.getoption("markexpr") or ""
-    ):
-        pytest.skip("slow test: run with -m slow")
-
-
 COMPILER_LOG = """Edge TPU Compiler version 16.0.384591198
 Input: model.tflite
 Output: model_edgetpu.tflite
