@@ -8,11 +8,7 @@ import math
 import keras
 import numpy as np
 import pytest
-
-try:  # tests/ is a rootdir-level folder or a package, depending on the checkout
-    from conftest import assert_close_to_reference, load_parity
-except ImportError:  # pragma: no cover
-    from tests.conftest import assert_close_to_reference, load_parity
+from conftest import assert_close_to_reference, load_parity
 
 import mvit3_keras as m
 from mvit3_keras import specs as S
