@@ -31,6 +31,13 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument(
+        "--formulation",
+        choices=("optimized", "plain"),
+        default="optimized",
+        help="optimized: mvit3_keras.optimize_for_inference (BatchNorm folded; what the "
+        "benchmarks time as 'fused'); plain: the trainable model",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.models, args.batch, args.image_size, args.steps = "mobilevitv3_xxs", 2, 64, 1
@@ -56,7 +63,7 @@ def _layer_kinds(model) -> dict:
     return out
 
 
-def profile_model(name, batch, size, steps) -> dict:
+def profile_model(name, batch, size, steps, formulation="optimized") -> dict:
     import numpy as np
     import tensorflow as tf
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
@@ -64,6 +71,8 @@ def profile_model(name, batch, size, steps) -> dict:
     import mvit3_keras as m
 
     model = m.create_model(name, input_shape=(size, size, 3))
+    if formulation == "optimized":
+        model = m.optimize_for_inference(model)
     x = tf.constant(np.random.default_rng(0).random((batch, size, size, 3), np.float32))
     fn = tf.function(lambda t: model(t, training=False))
     fn(x).numpy()
@@ -99,6 +108,7 @@ def profile_model(name, batch, size, steps) -> dict:
         by_kind[kinds.get(layer, "(other)")] += t
     return {
         "model": name,
+        "formulation": formulation,
         "batch": batch,
         "image_size": size,
         "busy_us_per_step": total,
@@ -112,7 +122,7 @@ def main(argv=None) -> int:
     payload = {"benchmark": "profile_tf", "machine": C.machine_info(), "profiles": []}
     tables = []
     for name in filter(None, args.models.split(",")):
-        prof = profile_model(name, args.batch, args.image_size, args.steps)
+        prof = profile_model(name, args.batch, args.image_size, args.steps, args.formulation)
         payload["profiles"].append(prof)
         total = prof["busy_us_per_step"]
         for title, key in (
@@ -125,7 +135,7 @@ def main(argv=None) -> int:
             ]
             tables.append(
                 C.print_table(
-                    f"{name}, batch {args.batch}: busy time per step by {title} "
+                    f"{name} ({args.formulation}), batch {args.batch}: busy time per step by {title} "
                     f"({total / 1000:.0f} ms of op time over all threads)",
                     [title, "ms", "share"],
                     rows,

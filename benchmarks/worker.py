@@ -172,24 +172,20 @@ class KerasBackend(_Base):
             def fn():
                 return call(x).numpy()
 
-        elif variant == "frozen":
-            # The weights as graph constants: Grappler's constant folding then folds each
-            # BatchNormalization into the preceding Conv2D (as the TFLite converter does), so
-            # the per-element scale / shift passes disappear. Same function up to float32
-            # rounding (max |logit diff| ~2e-6).
-            from tensorflow.python.framework.convert_to_constants import (
-                convert_variables_to_constants_v2,
-            )
+        elif variant == "optimized":
+            # mvit3_keras.optimize_for_inference: BatchNorm folded into the convs, rank-4
+            # Dense as 1x1 convs, SiLU without the custom-gradient wrapper, so Grappler fuses
+            # conv + bias + activation. Same function up to float32 rounding.
+            opt_key = (model, int(size), "optimized")
+            if opt_key not in self.models:
+                import mvit3_keras as m
 
-            spec = tf.TensorSpec((None, size, size, 3), tf.float32)
-            concrete = tf.function(
-                lambda t: net(t, training=False), input_signature=[spec]
-            ).get_concrete_function()
-            frozen = convert_variables_to_constants_v2(concrete)
+                self.models[opt_key] = m.optimize_for_inference(net)
+            optimized = self.models[opt_key]
+            call = tf.function(lambda t: optimized(t, training=False), reduce_retracing=True)
 
             def fn():
-                out = frozen(x)
-                return (out[0] if isinstance(out, (list, tuple)) else out).numpy()
+                return call(x).numpy()
 
         else:
             raise ValueError(f"unknown keras inference variant {variant!r}")

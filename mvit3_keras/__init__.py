@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from mvit3_keras import layers  # noqa: F401  (registers the custom layers)
 from mvit3_keras.backbone import FEATURE_KEYS, backbone_features, create_backbone, create_model
+from mvit3_keras.inference import optimize_for_inference
 from mvit3_keras.macs import count_macs
 from mvit3_keras.registry import get_spec, list_models
 from mvit3_keras.summary import count_params
@@ -17,6 +18,7 @@ __all__ = [
     "count_params",
     "get_spec",
     "list_models",
+    "optimize_for_inference",
 ]
 
 from mvit3_keras.convert import (  # noqa: E402

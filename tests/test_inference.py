@@ -1,0 +1,124 @@
+"""``mvit3_keras.optimize_for_inference``: BatchNorm folded, same function.
+
+Every registry variant (random BatchNorm statistics, so the fold is not a no-op),
+the official parity references at their own tolerances (classification,
+segmentation, detection), and the saved / reloaded folded model.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import assert_close_to_reference, load_parity
+
+import mvit3_keras as m
+from mvit3_keras.graph_clone import iter_layers
+from mvit3_keras.inference import batch_norm_fold_plan
+
+
+def _randomize_batch_norms(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in iter_layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.moving_mean.shape
+            layer.moving_mean.assign(rng.normal(0.0, 0.5, n).astype(np.float32))
+            layer.moving_variance.assign(rng.uniform(0.3, 2.0, n).astype(np.float32))
+            layer.gamma.assign(rng.normal(1.0, 0.3, n).astype(np.float32))
+            layer.beta.assign(rng.normal(0.0, 0.3, n).astype(np.float32))
+
+
+def _graph_layer_types(model):
+    """Types of the layers that the functional graph actually runs."""
+    return {
+        type(node.operation).__name__
+        for depth_nodes in model._nodes_by_depth.values()  # noqa: SLF001
+        for node in depth_nodes
+    }
+
+
+@pytest.mark.parametrize("name", m.list_models())
+def test_every_variant_folds_to_the_same_function(name):
+    model = m.create_model(name, input_shape=(64, 64, 3))
+    _randomize_batch_norms(model)
+    n_bn = sum(isinstance(x, keras.layers.BatchNormalization) for x in model.layers)
+    assert len(batch_norm_fold_plan(model)) == n_bn, "every BatchNorm follows a conv"
+    fast = m.optimize_for_inference(model)
+    assert "BatchNormalization" not in _graph_layer_types(fast)
+    x = np.random.default_rng(1).random((2, 64, 64, 3), np.float32)
+    ref = model(x, training=False).numpy()
+    got = fast(x, training=False).numpy()
+    err = float(np.abs(got - ref).max())
+    assert err <= 2e-5 * max(float(ref.std()), 1e-3) + 1e-6, f"{name}: max |diff| {err:.2e}"
+    assert np.array_equal(got.argmax(-1), ref.argmax(-1))
+    # BN params (4 per channel) are gone, one bias per folded conv channel appears.
+    removed = sum(
+        int(np.prod(w.shape))
+        for x in model.layers
+        if isinstance(x, keras.layers.BatchNormalization)
+        for w in x.weights
+    )
+    added = sum(bn.moving_mean.shape[0] for bn in batch_norm_fold_plan(model).values())
+    assert fast.count_params() == model.count_params() - removed + added
+    keras.backend.clear_session()
+
+
+@pytest.mark.parametrize(
+    "stem,name",
+    [
+        ("cls_xx_small_v3", "mobilevitv3_xxs"),
+        ("cls_w0.5", "mobilevitv3_050"),
+        ("cls_mobilevit_xx_small", "mobilevit_xxs"),
+        ("cls_mobilevit_v2_w0.5", "mobilevitv2_050"),
+    ],
+)
+def test_folded_model_keeps_official_parity(reference, stem, name):
+    data = load_parity(reference, stem)
+    model = m.create_model(name, input_shape=(None, None, 3))
+    m.load_cvnets_weights(model, data, rgb_input=False)
+    fast = m.optimize_for_inference(model)
+    for i in range(3):
+        x = data[f"ref__input{i}"].astype(np.float32)
+        assert_close_to_reference(
+            fast(x, training=False), data[f"ref__output{i}"], what=f"{stem} folded, input {i}"
+        )
+
+
+def test_folded_segmenter_and_detector_keep_parity(reference):
+    data = load_parity(reference, "seg_deeplabv3_voc_xx_small_v3")
+    x = data["ref__input0"].astype(np.float32)
+    seg = m.create_segmenter("mobilevitv3_xxs", preset="pascal_voc", input_shape=x.shape[1:])
+    m.load_cvnets_weights(seg, data, rgb_input=False)
+    fast = m.optimize_for_inference(seg.inference_model("logits"))
+    full = np.asarray(fast(x, training=False))
+    assert_close_to_reference(
+        full[:, 1::3, 1::3], data["ref__output0_rows1step3_cols1step3"], what="seg logits"
+    )
+
+    data = load_parity(reference, "det_ssd_xx_small_v3")
+    det = m.create_detector("mobilevitv3_xxs")
+    m.load_cvnets_weights(det, data, rgb_input=False)
+    fast = m.optimize_for_inference(det)
+    out = fast(data["ref__input0"].astype(np.float32), training=False)
+    for key in ("confidences", "locations"):
+        assert_close_to_reference(out[key], data[f"ref__output0_{key}"], what=f"det {key}")
+
+
+def test_folded_model_saves_and_reloads(tmp_path):
+    model = m.create_model("mobilevit_xxs", input_shape=(64, 64, 3), num_classes=10)
+    _randomize_batch_norms(model)
+    fast = m.optimize_for_inference(model)
+    path = tmp_path / "folded.keras"
+    fast.save(path)
+    again = keras.models.load_model(path)
+    x = np.random.default_rng(2).random((1, 64, 64, 3), np.float32)
+    np.testing.assert_array_equal(again(x).numpy(), fast(x).numpy())
+
+
+def test_rejects_non_functional_models():
+    class Sub(keras.Model):
+        def call(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="functional"):
+        m.optimize_for_inference(Sub())
