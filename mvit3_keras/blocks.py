@@ -11,6 +11,7 @@ import keras
 
 from mvit3_keras import specs as S
 from mvit3_keras.layers import (
+    BatchNorm,
     Fold,
     LinearSelfAttention,
     MultiHeadSelfAttention,
@@ -61,9 +62,7 @@ def conv_layer(
     else:
         x = keras.layers.Conv2D(filters, **common)(x)
     if use_norm:
-        x = keras.layers.BatchNormalization(
-            epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}.block.norm"
-        )(x)
+        x = BatchNorm(epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=f"{name}.block.norm")(x)
     if activation:
         x = keras.layers.Activation(activation, name=f"{name}.block.act")(x)
     return x

@@ -32,7 +32,7 @@ def batch_norm_fold_plan(model: keras.Model) -> dict:
     Conv2D / DepthwiseConv2D (without activation) that feeds nothing else."""
     plan = {}
     for layer in iter_layers(model):
-        if type(layer) is not keras.layers.BatchNormalization:
+        if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         axis = layer.axis if isinstance(layer.axis, int) else None
         if axis not in (-1, 3) or len(layer._inbound_nodes) != 1:  # noqa: SLF001
