@@ -124,3 +124,62 @@ def test_attention_rejects_bad_widths():
         MultiHeadSelfAttention(3)(np.zeros((1, 4, 2, 24), "float32"))
     with pytest.raises(ValueError, match="1 \\+ 2 \\* d"):
         LinearSelfAttention()(np.zeros((1, 4, 2, 8), "float32"))
+
+
+# --------------------------------------------------------------------------------------
+# BatchNorm: fused TF training kernel, PyTorch running statistics
+# --------------------------------------------------------------------------------------
+def test_batch_norm_trains_like_torch_batchnorm2d():
+    """Training output / gradients equal Keras' BatchNormalization; the running
+    variance is updated with the unbiased batch variance (torch.nn.BatchNorm2d)."""
+    import tensorflow as tf
+
+    from mvit3_keras.layers import BatchNorm
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(1.0, 2.0, (8, 5, 6, 16)).astype(np.float32))
+    ref = keras.layers.BatchNormalization(epsilon=1e-5, momentum=0.9)
+    ours = BatchNorm(epsilon=1e-5, momentum=0.9)
+    for layer in (ref, ours):
+        layer.build(x.shape)
+    ref.gamma.assign(rng.normal(1.0, 0.2, 16).astype(np.float32))
+    ref.beta.assign(rng.normal(0.0, 0.2, 16).astype(np.float32))
+    ours.set_weights(ref.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        y_ref, y_ours = ref(x, training=True), ours(x, training=True)
+        loss_ref = tf.reduce_sum(y_ref * y_ref * 0.3 + y_ref)
+        loss_ours = tf.reduce_sum(y_ours * y_ours * 0.3 + y_ours)
+    np.testing.assert_allclose(y_ours, y_ref, atol=5e-6)
+    np.testing.assert_allclose(tape.gradient(loss_ours, x), tape.gradient(loss_ref, x), atol=5e-6)
+    g_ref, g_ours = tape.gradient(loss_ref, ref.gamma), tape.gradient(loss_ours, ours.gamma)
+    np.testing.assert_allclose(g_ours, g_ref, rtol=1e-5, atol=1e-3)
+    flat = x.numpy().reshape(-1, 16)
+    n = flat.shape[0]
+    np.testing.assert_allclose(ours.moving_mean, 0.1 * flat.mean(0), atol=1e-6)
+    np.testing.assert_allclose(
+        ours.moving_variance, 0.9 + 0.1 * flat.var(0) * n / (n - 1), rtol=1e-5
+    )
+    # Inference is Keras' own path on the moving statistics.
+    mm, mv = ours.moving_mean.numpy(), ours.moving_variance.numpy()
+    expected = (flat - mm) / np.sqrt(mv + 1e-5) * ours.gamma.numpy() + ours.beta.numpy()
+    np.testing.assert_allclose(
+        np.asarray(ours(x, training=False)).reshape(-1, 16), expected, atol=1e-5
+    )
+
+
+def test_batch_norm_falls_back_for_other_axes_and_mixed_precision():
+    from mvit3_keras.layers import BatchNorm
+
+    x = np.random.default_rng(1).normal(size=(4, 3, 3, 8)).astype(np.float32)
+    bn = BatchNorm(axis=1)  # not the channels-last axis: Keras' unfused path
+    y = bn(x, training=True)
+    assert y.shape == x.shape
+    half = BatchNorm(dtype="mixed_float16")
+    y16 = half(x.astype(np.float16), training=True)
+    assert y16.dtype == "float16"
+    np.testing.assert_allclose(
+        np.asarray(y16, np.float32).mean(axis=(0, 1, 2)), np.zeros(8), atol=2e-3
+    )
+    cfg = half.get_config()
+    assert BatchNorm.from_config(cfg).get_config() == cfg
