@@ -102,7 +102,7 @@ def _is_token_dense(layer) -> bool:
         return False
 
 
-def _dense_as_conv(dense):
+def dense_as_conv(dense):
     """The same map as a 1x1 ``Conv2D``: Keras runs a rank-4 Dense as reshape -> MatMul ->
     reshape -> BiasAdd, which Grappler cannot fuse; a 1x1 conv is one fused
     conv + bias (+ activation) kernel."""
@@ -155,7 +155,7 @@ def optimize_for_inference(
         if layer.name in folded:
             return keras.layers.Identity(name=layer.name), None
         if _is_token_dense(layer):
-            return _dense_as_conv(layer)
+            return dense_as_conv(layer)
         if _is_silu(layer):
             return keras.layers.Activation(silu_inference, name=layer.name), None
         return None

@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from mvit3_keras.graph_clone import clone_with, iter_layers, layers_by_name  # noqa: F401
+from mvit3_keras.inference import dense_as_conv
 from mvit3_keras.layers import Fold, LinearSelfAttention, Unfold
 from quantization.export_layers import (
     FoldExport,
@@ -45,14 +46,6 @@ def _norm_weights(old, new):
         values["beta"] = old.beta.numpy()
     for name, value in values.items():
         getattr(new, name).assign(value)
-
-
-def _dense_to_conv_weights(old, new):
-    kernel = old.kernel.numpy()
-    weights = [kernel.reshape(1, 1, *kernel.shape)]
-    if old.use_bias:
-        weights.append(old.bias.numpy())
-    new.set_weights(weights)
 
 
 def _is_foldable_norm(layer) -> bool:
@@ -182,15 +175,7 @@ def export_replacement(layer, target: str, plan: Optional[dict] = None):
         )
         return new, None
     if target == "edgetpu" and type(layer) is keras.layers.Dense and _input_rank(layer) == 4:
-        new = keras.layers.Conv2D(
-            layer.units,
-            1,
-            use_bias=layer.use_bias,
-            activation=layer.activation,
-            name=layer.name,
-            dtype=layer.dtype_policy,
-        )
-        return new, _dense_to_conv_weights
+        return dense_as_conv(layer)
     return None
 
 

@@ -48,26 +48,29 @@ def _tfds_classification(name, *, data_dir, manual_dir) -> DatasetSource:
         )
     tfds_utils.prepare(builder, data_dir=data_dir, manual_dir=manual_dir)
     train, val = tfds_utils.pick_splits(builder)
-    label_feature = features[label_key]
+    return _builder_source(builder, name, train, val, f"TFDS {name}")
+
+
+def _builder_source(builder, name, train, val, description) -> DatasetSource:
+    """A :class:`DatasetSource` over a TFDS builder with ``image`` / ``label`` features;
+    images are decoded in the (parallel) map, not by TFDS."""
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
 
     def load(split, *, shuffle_files=False, seed=None):
-        import tensorflow as tf
-
         read_config = tfds.ReadConfig(shuffle_seed=seed) if seed is not None else None
         ds = builder.as_dataset(
             split=split,
             shuffle_files=shuffle_files,
-            decoders={image_key: tfds.decode.SkipDecoding()},
+            decoders={"image": tfds.decode.SkipDecoding()},
             read_config=read_config,
         )
         return ds.map(
-            lambda ex: {
-                "image": _decode_rgb(ex[image_key]),
-                "label": tf.cast(ex[label_key], tf.int64),
-            },
+            lambda ex: {"image": _decode_rgb(ex["image"]), "label": tf.cast(ex["label"], tf.int64)},
             num_parallel_calls=tf.data.AUTOTUNE,
         )
 
+    label_feature = builder.info.features["label"]
     return DatasetSource(
         name=name,
         task="classification",
@@ -77,7 +80,7 @@ def _tfds_classification(name, *, data_dir, manual_dir) -> DatasetSource:
         load=load,
         num_examples=lambda split: tfds_utils.num_examples(builder, split),
         class_names=list(label_feature.names),
-        description=f"TFDS {name}",
+        description=description,
     )
 
 
@@ -96,7 +99,6 @@ def _decode_rgb(encoded):
 
 
 def _image_folder(root: str) -> DatasetSource:
-    import tensorflow as tf
     import tensorflow_datasets as tfds
 
     try:
@@ -116,27 +118,4 @@ def _image_folder(root: str) -> DatasetSource:
     val = next((s for s in ("val", "validation", "test") if s in splits), None)
     if val is None:
         train, val = f"{train}[:90%]", f"{train}[90%:]"
-    label_feature = builder.info.features["label"]
-
-    def load(split, *, shuffle_files=False, seed=None):
-        ds = builder.as_dataset(
-            split=split,
-            shuffle_files=shuffle_files,
-            decoders={"image": tfds.decode.SkipDecoding()},
-        )
-        return ds.map(
-            lambda ex: {"image": _decode_rgb(ex["image"]), "label": tf.cast(ex["label"], tf.int64)},
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-
-    return DatasetSource(
-        name=root,
-        task="classification",
-        num_classes=int(label_feature.num_classes),
-        train_split=train,
-        val_split=val,
-        load=load,
-        num_examples=lambda split: tfds_utils.num_examples(builder, split),
-        class_names=list(label_feature.names),
-        description=f"image folder {root}",
-    )
+    return _builder_source(builder, root, train, val, f"image folder {root}")
