@@ -6,8 +6,9 @@ Classification (ml-cvnets ``data/transforms/image_pil.py`` / torchvision semanti
   interpolation: bilinear in the v1 recipe, bicubic in v2; ``tf.image.
   sample_distorted_bounding_box`` draws the box, falling back to the whole image
   where torchvision falls back to a centre crop), horizontal flip (p 0.5),
-  RandAugment (``keras.layers.RandAugment``: 2 ops; torchvision's fixed magnitude
-  9/30 becomes Keras' magnitude range [0, 0.3]), random erasing
+  RandAugment (:class:`training.randaugment.RandAugment`: torchvision's
+  ``RandAugment()`` tensor code path reproduced exactly, 2 ops, magnitude 9 of 31
+  bins, nearest, fill 0, on the image rounded to uint8), random erasing
   (``keras.layers.RandomErasing``, p 0.25, area 0.02..0.33, fill 0), and per batch
   one of mixup (alpha 0.2) / cutmix (alpha 1.0) chosen at random and applied with
   p 0.5 (``keras.layers.MixUp`` / ``keras.layers.CutMix``; ml-cvnets'
@@ -36,9 +37,8 @@ import math
 
 import tensorflow as tf
 
+from training.randaugment import RandAugment
 from training.recipes import get
-
-RANDAUGMENT_MAGNITUDE = 9 / 30  # torchvision RandAugment default magnitude 9 of 31 bins
 
 
 def _method(interpolation: str) -> str:
@@ -113,9 +113,8 @@ class ClassificationAugment:
         self.flip = bool(get(aug, "random_horizontal_flip.enable", False))
         self.randaugment = None
         if get(aug, "rand_augment.enable", False):
-            self.randaugment = keras.layers.RandAugment(
-                value_range=(0, 255), num_ops=2, factor=RANDAUGMENT_MAGNITUDE, seed=seed
-            )
+            # torchvision defaults (ml-cvnets rand_augment): 2 ops, magnitude 9 of 31 bins
+            self.randaugment = RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=31, seed=seed)
         self.erase = None
         if get(aug, "random_erase.enable", False):
             p = float(get(aug, "random_erase.p", 0.5))
@@ -138,7 +137,7 @@ class ClassificationAugment:
         if self.flip:
             image = tf.image.random_flip_left_right(image)
         if self.randaugment is not None:
-            image = self.randaugment(image, training=True)
+            image = self.randaugment(image)
         image = to_model_input(image, self.channel_order)
         if self.erase is not None:
             image = self.erase(image, training=True)
