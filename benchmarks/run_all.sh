@@ -60,13 +60,13 @@ run() {  # run NAME ARGS...: one benchmark, its log in $LOGS/NAME.log
 HEADLINE=mobilevitv3_050:mobilevitv2_050,mobilevitv3_xxs:mobilevit_xxs,mobilevit_xxs,mobilevitv2_050
 if [ "$QUICK" = 1 ]; then
   INF_PAIRS=$HEADLINE,mobilevit_xs,mobilevit_s,mobilevitv2_100
-  TFL_MODELS=mobilevitv3_xxs,mobilevitv3_xs,mobilevitv3_050,mobilevitv3_100
   ROUNDS=(--rounds 3)
 else
   INF_PAIRS=$HEADLINE,mobilevit_xs,mobilevit_s,mobilevitv2_075,mobilevitv2_100,mobilevitv2_125,mobilevitv2_150,mobilevitv2_175,mobilevitv2_200
-  TFL_MODELS=mobilevitv3_xxs,mobilevitv3_xs,mobilevitv3_s,mobilevitv3_xxs_l2,mobilevitv3_xs_l2,mobilevitv3_s_l2,mobilevitv3_050,mobilevitv3_075,mobilevitv3_100,mobilevitv3_125,mobilevitv3_150,mobilevitv3_175,mobilevitv3_200
   ROUNDS=()
 fi
+# every MobileViTv3 variant in TFLite, also in --quick (the plot needs them all)
+TFL_MODELS=mobilevitv3_xxs,mobilevitv3_xs,mobilevitv3_s,mobilevitv3_xxs_l2,mobilevitv3_xs_l2,mobilevitv3_s_l2,mobilevitv3_050,mobilevitv3_075,mobilevitv3_100,mobilevitv3_125,mobilevitv3_150,mobilevitv3_175,mobilevitv3_200
 
 run machine_peak "$PY" benchmarks/machine_peak.py "${PEER_ARG[@]}"
 run inference "$PY" benchmarks/inference.py --pairs "$INF_PAIRS" --extra-models v3 "${ROUNDS[@]}" "${PEER_ARG[@]}"
