@@ -22,56 +22,19 @@ from typing import Optional
 import keras
 import numpy as np
 
+from mvit3_keras.folding import (
+    _is_pointwise_linear,
+    affine_fold_plan,
+    batch_norm_fold_plan,
+    folded_conv_weights,
+    folded_linear_weights,
+)
 from mvit3_keras.graph_clone import clone_with, iter_layers
-
-_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
-
-
-def batch_norm_fold_plan(model: keras.Model) -> dict:
-    """``{conv_name: bn_layer}`` for each BatchNormalization whose only input is a
-    Conv2D / DepthwiseConv2D (without activation) that feeds nothing else."""
-    plan = {}
-    for layer in iter_layers(model):
-        if not isinstance(layer, keras.layers.BatchNormalization):
-            continue
-        axis = layer.axis if isinstance(layer.axis, int) else None
-        if axis not in (-1, 3) or len(layer._inbound_nodes) != 1:  # noqa: SLF001
-            continue
-        parents = layer._inbound_nodes[0].parent_nodes  # noqa: SLF001
-        if len(parents) != 1:
-            continue
-        conv = parents[0].operation
-        if (
-            type(conv) not in _CONVS
-            or conv.data_format != "channels_last"
-            or keras.activations.serialize(conv.activation) not in ("linear", None)
-            or len(conv._inbound_nodes) != 1  # noqa: SLF001
-            or len(conv._outbound_nodes) != 1  # noqa: SLF001
-        ):
-            continue
-        plan[conv.name] = layer
-    return plan
-
-
-def folded_conv_weights(conv, bn) -> tuple[np.ndarray, np.ndarray]:
-    """Kernel and bias of ``bn(conv(x))`` (inference statistics), in float64 then cast."""
-    kernel = np.asarray(conv.kernel.numpy(), np.float64)
-    if isinstance(conv, keras.layers.DepthwiseConv2D):  # [kh, kw, C, multiplier]
-        out_channels = kernel.shape[2] * kernel.shape[3]
-    else:  # [kh, kw, C_in / groups, C_out]
-        out_channels = kernel.shape[3]
-    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
-    var = np.asarray(bn.moving_variance.numpy(), np.float64)
-    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones(out_channels)
-    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else np.zeros(out_channels)
-    scale = gamma / np.sqrt(var + bn.epsilon)
-    bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else np.zeros(out_channels)
-    if isinstance(conv, keras.layers.DepthwiseConv2D):
-        new_kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
-    else:
-        new_kernel = kernel * scale
-    new_bias = (bias - mean) * scale + beta
-    return new_kernel.astype(np.float32), new_bias.astype(np.float32)
+from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAttention
+from mvit3_keras.layers.attention_inference import (
+    LinearSelfAttentionSplit,
+    MultiHeadSelfAttentionSplit,
+)
 
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
@@ -132,10 +95,105 @@ def _with_bias(conv):
     return conv.__class__.from_config(config)
 
 
+def attention_split_plan(model: keras.Model) -> dict:
+    """``{qkv_name: attention_layer}`` for attention cores fed by one pointwise
+    ``qkv_proj`` (Dense / 1x1 Conv2D without activation) that feeds nothing else."""
+    plan = {}
+    for layer in iter_layers(model):
+        if type(layer) not in (MultiHeadSelfAttention, LinearSelfAttention):
+            continue
+        if len(layer._inbound_nodes) != 1:  # noqa: SLF001
+            continue
+        parents = layer._inbound_nodes[0].parent_nodes  # noqa: SLF001
+        if len(parents) != 1:
+            continue
+        qkv = parents[0].operation
+        if (
+            _is_pointwise_linear(qkv)
+            and keras.activations.serialize(qkv.activation) in ("linear", None)
+            and len(qkv._inbound_nodes) == 1  # noqa: SLF001
+            and len(qkv._outbound_nodes) == 1  # noqa: SLF001
+        ):
+            plan[qkv.name] = layer
+    return plan
+
+
+def _linear_weights(layer, norm=None):
+    """``(kernel [C_in, C_out], bias [C_out])`` of a Dense / 1x1 conv, with the affine of
+    ``norm`` folded in when given."""
+    if norm is not None:
+        kernel, bias = folded_linear_weights(norm, layer)
+    else:
+        kernel = layer.kernel.numpy()
+        bias = layer.bias.numpy() if layer.use_bias else None
+    kernel = kernel.reshape(kernel.shape[-2], kernel.shape[-1])
+    if bias is None:
+        bias = np.zeros(kernel.shape[1], np.float32)
+    return kernel, bias
+
+
+def _split_attention(qkv, attention, norm):
+    """The attention core with ``qkv_proj`` inside as three 1x1 convs (q scale /
+    ``relu(v)`` folded in); ``qkv_proj`` itself is bypassed in the graph."""
+    units = qkv.units if isinstance(qkv, keras.layers.Dense) else qkv.filters
+    if isinstance(attention, MultiHeadSelfAttention):
+        d = units // 3
+        new = MultiHeadSelfAttentionSplit(
+            attention.num_heads, d, attention.attention_dropout, name=attention.name
+        )
+        q_width, q_scale = d, (d // attention.num_heads) ** -0.5
+    else:
+        d = (units - 1) // 2
+        new = LinearSelfAttentionSplit(d, attention.attention_dropout, name=attention.name)
+        q_width, q_scale = 1, 1.0
+
+    def weights(_old, new_layer):
+        kernel, bias = _linear_weights(qkv, norm)
+        kernel, bias = kernel.astype(np.float64), bias.astype(np.float64)
+        kernel[:, :q_width] *= q_scale
+        bias[:q_width] *= q_scale
+        new_layer.qkv.set_split_weights(kernel.astype(np.float32), bias.astype(np.float32))
+
+    return new, weights
+
+
+def _folded_pointwise(layer, norm):
+    """A Dense / 1x1 conv with ``norm``'s affine folded in (rank-4 Dense as 1x1 conv)."""
+    if _is_token_dense(layer) or type(layer) is keras.layers.Conv2D:
+        units = layer.units if isinstance(layer, keras.layers.Dense) else layer.filters
+        new = keras.layers.Conv2D(
+            units, 1, activation=layer.activation, name=layer.name, dtype=layer.dtype_policy
+        )
+
+        def weights(old, new_layer):
+            kernel, bias = _linear_weights(old, norm)
+            new_layer.set_weights([kernel[None, None], bias])
+
+    else:
+        new = keras.layers.Dense(
+            layer.units, activation=layer.activation, name=layer.name, dtype=layer.dtype_policy
+        )
+
+        def weights(old, new_layer):
+            new_layer.set_weights(list(_linear_weights(old, norm)))
+
+    return new, weights
+
+
+def _without_affine(norm):
+    config = norm.get_config()
+    config.update(center=False, scale=False)
+    return norm.__class__.from_config(config)
+
+
 def optimize_for_inference(
     model: keras.Model, *, input_shape=None, batch_size: Optional[int] = None
 ) -> keras.Model:
-    """A copy of ``model`` with every conv -> BatchNorm pair folded into one conv.
+    """A copy of ``model`` in its inference formulation (same function up to float32
+    rounding): every conv -> BatchNorm pair folded into one conv; LayerNorm /
+    GroupNorm(1) affines folded into the next pointwise layer; ``qkv_proj`` split into
+    q / k / v 1x1 convs (q scale and ``relu(v)`` folded in, no slicing); rank-4 Dense
+    as 1x1 convs; SiLU written out so Grappler fuses conv + bias + activation.
 
     Works for the classifiers, backbones, segmenters and detectors built by this
     package (any functional model). ``input_shape`` / ``batch_size`` optionally fix
@@ -143,6 +201,11 @@ def optimize_for_inference(
     """
     plan = batch_norm_fold_plan(model)
     folded = {bn.name for bn in plan.values()}
+    affine = affine_fold_plan(model)  # {norm: linear, linear: norm}
+    split = attention_split_plan(model)  # {qkv: attention}
+    split_cores = {attention.name: qkv_name for qkv_name, attention in split.items()}
+    bypassed = folded | set(split)
+    model_layers = {layer.name: layer for layer in iter_layers(model)}
 
     def replace(layer):
         if layer.name in plan:
@@ -154,6 +217,16 @@ def optimize_for_inference(
             return _with_bias(layer), fold
         if layer.name in folded:
             return keras.layers.Identity(name=layer.name), None
+        if layer.name in split:
+            return keras.layers.Identity(name=layer.name), None
+        if layer.name in split_cores:
+            qkv = model_layers[split_cores[layer.name]]
+            return _split_attention(qkv, layer, affine.get(qkv.name))
+        norm = affine.get(layer.name) if _is_pointwise_linear(layer) else None
+        if norm is not None:
+            return _folded_pointwise(layer, norm)
+        if layer.name in affine:  # a norm whose affine moved into the next layer
+            return _without_affine(layer), None
         if _is_token_dense(layer):
             return dense_as_conv(layer)
         if _is_silu(layer):
@@ -161,8 +234,8 @@ def optimize_for_inference(
         return None
 
     def call_function(layer, *args, **kwargs):
-        if layer.name in folded:
-            return args[0]  # the folded BatchNorm is bypassed: no op in the graph
+        if layer.name in bypassed:
+            return args[0]  # folded BatchNorm / qkv_proj inside the attention: no op
         return layer(*args, **kwargs)
 
     return clone_with(

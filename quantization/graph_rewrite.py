@@ -19,6 +19,13 @@ from typing import Optional
 import keras
 import numpy as np
 
+from mvit3_keras.folding import (  # noqa: F401 - re-exported
+    _folded_linear_weights,
+    _input_rank,
+    _is_foldable_norm,
+    _is_pointwise_linear,
+    affine_fold_plan,
+)
 from mvit3_keras.graph_clone import clone_with, iter_layers, layers_by_name  # noqa: F401
 from mvit3_keras.inference import dense_as_conv
 from mvit3_keras.layers import Fold, LinearSelfAttention, Unfold
@@ -31,13 +38,6 @@ from quantization.export_layers import (
 )
 
 
-def _input_rank(layer) -> Optional[int]:
-    try:
-        return len(layer.input.shape)
-    except (AttributeError, ValueError):
-        return None
-
-
 def _norm_weights(old, new):
     values = {}
     if getattr(old, "scale", False):
@@ -46,57 +46,6 @@ def _norm_weights(old, new):
         values["beta"] = old.beta.numpy()
     for name, value in values.items():
         getattr(new, name).assign(value)
-
-
-def _is_foldable_norm(layer) -> bool:
-    if isinstance(layer, keras.layers.LayerNormalization):
-        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        rank = _input_rank(layer)
-        return rank is not None and [a % rank for a in axis] == [rank - 1]
-    return isinstance(layer, keras.layers.GroupNormalization) and layer.groups == 1
-
-
-def _is_pointwise_linear(layer) -> bool:
-    if type(layer) is keras.layers.Dense:
-        return True
-    return (
-        type(layer) is keras.layers.Conv2D
-        and tuple(layer.kernel_size) == (1, 1)
-        and tuple(layer.strides) == (1, 1)
-        and layer.groups == 1
-    )
-
-
-def affine_fold_plan(model) -> dict:
-    """``{norm_name: linear_layer, linear_name: norm_layer}`` for LayerNorm /
-    GroupNorm(1) layers whose output feeds exactly one Dense / 1x1 Conv2D: the
-    per-channel affine ``gamma * y + beta`` moves into that layer's weights
-    (``W' = diag(gamma) W``, ``b' = b + beta W``), two elementwise ops fewer
-    per norm in the exported graph and one rounding step fewer in int8."""
-    plan = {}
-    for layer in iter_layers(model):
-        if not _is_foldable_norm(layer) or not (layer.scale or layer.center):
-            continue
-        outbound = layer._outbound_nodes  # noqa: SLF001 - Keras functional graph
-        if len(outbound) != 1:
-            continue
-        consumer = outbound[0].operation
-        if _is_pointwise_linear(consumer) and len(consumer._inbound_nodes) == 1:  # noqa: SLF001
-            plan[layer.name] = consumer
-            plan[consumer.name] = layer
-    return plan
-
-
-def _folded_linear_weights(norm, linear):
-    kernel = linear.kernel.numpy()
-    cin = kernel.shape[-2]
-    gamma = norm.gamma.numpy() if norm.scale else np.ones(cin, np.float32)
-    beta = norm.beta.numpy() if norm.center else np.zeros(cin, np.float32)
-    flat = kernel.reshape(cin, -1)
-    bias = linear.bias.numpy() if linear.use_bias else np.zeros(flat.shape[1], np.float32)
-    new_bias = (bias + beta.astype(np.float64) @ flat.astype(np.float64)).astype(np.float32)
-    new_kernel = (flat * gamma[:, None]).reshape(kernel.shape).astype(np.float32)
-    return new_kernel, new_bias
 
 
 def export_replacement(layer, target: str, plan: Optional[dict] = None):

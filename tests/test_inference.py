@@ -13,8 +13,8 @@ import pytest
 from conftest import assert_close_to_reference, load_parity
 
 import mvit3_keras as m
+from mvit3_keras.folding import _is_pointwise_linear, affine_fold_plan, batch_norm_fold_plan
 from mvit3_keras.graph_clone import iter_layers
-from mvit3_keras.inference import batch_norm_fold_plan
 
 
 def _randomize_batch_norms(model, seed=0):
@@ -24,6 +24,10 @@ def _randomize_batch_norms(model, seed=0):
             n = layer.moving_mean.shape
             layer.moving_mean.assign(rng.normal(0.0, 0.5, n).astype(np.float32))
             layer.moving_variance.assign(rng.uniform(0.3, 2.0, n).astype(np.float32))
+            layer.gamma.assign(rng.normal(1.0, 0.3, n).astype(np.float32))
+            layer.beta.assign(rng.normal(0.0, 0.3, n).astype(np.float32))
+        elif isinstance(layer, (keras.layers.LayerNormalization, keras.layers.GroupNormalization)):
+            n = layer.gamma.shape  # non-trivial affines, so folding them is tested
             layer.gamma.assign(rng.normal(1.0, 0.3, n).astype(np.float32))
             layer.beta.assign(rng.normal(0.0, 0.3, n).astype(np.float32))
 
@@ -44,19 +48,30 @@ def test_every_variant_folds_to_the_same_function(name):
     n_bn = sum(isinstance(x, keras.layers.BatchNormalization) for x in model.layers)
     assert len(batch_norm_fold_plan(model)) == n_bn, "every BatchNorm follows a conv"
     fast = m.optimize_for_inference(model)
-    assert "BatchNormalization" not in _graph_layer_types(fast)
+    kinds = _graph_layer_types(fast)
+    assert "BatchNormalization" not in kinds and "BatchNorm" not in kinds
+    # the attention cores own their q / k / v 1x1 convs
+    assert kinds & {"MultiHeadSelfAttentionSplit", "LinearSelfAttentionSplit"}
+    assert not kinds & {"MultiHeadSelfAttention", "LinearSelfAttention"}
     x = np.random.default_rng(1).random((2, 64, 64, 3), np.float32)
     ref = model(x, training=False).numpy()
     got = fast(x, training=False).numpy()
     err = float(np.abs(got - ref).max())
     assert err <= 2e-5 * max(float(ref.std()), 1e-3) + 1e-6, f"{name}: max |diff| {err:.2e}"
     assert np.array_equal(got.argmax(-1), ref.argmax(-1))
-    # BN params (4 per channel) are gone, one bias per folded conv channel appears.
+    # BN params (4 per channel) and the folded norm affines (2 per channel) are gone,
+    # one bias per BN-folded conv channel appears.
     removed = sum(
         int(np.prod(w.shape))
         for x in model.layers
         if isinstance(x, keras.layers.BatchNormalization)
         for w in x.weights
+    )
+    removed += sum(
+        int(np.prod(w.shape))
+        for norm in affine_fold_plan(model).values()
+        if not _is_pointwise_linear(norm)
+        for w in norm.weights
     )
     added = sum(bn.moving_mean.shape[0] for bn in batch_norm_fold_plan(model).values())
     assert fast.count_params() == model.count_params() - removed + added
@@ -104,8 +119,9 @@ def test_folded_segmenter_and_detector_keep_parity(reference):
         assert_close_to_reference(out[key], data[f"ref__output0_{key}"], what=f"det {key}")
 
 
-def test_folded_model_saves_and_reloads(tmp_path):
-    model = m.create_model("mobilevit_xxs", input_shape=(64, 64, 3), num_classes=10)
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv3_050"])
+def test_folded_model_saves_and_reloads(tmp_path, name):
+    model = m.create_model(name, input_shape=(64, 64, 3), num_classes=10)
     _randomize_batch_norms(model)
     fast = m.optimize_for_inference(model)
     path = tmp_path / "folded.keras"

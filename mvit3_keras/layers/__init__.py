@@ -1,6 +1,11 @@
 """Custom Keras layers (all registered under the ``mvit3_keras`` package)."""
 
 from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAttention
+from mvit3_keras.layers.attention_inference import (
+    LinearSelfAttentionSplit,
+    MultiHeadSelfAttentionSplit,
+    SplitPointwiseConv,
+)
 from mvit3_keras.layers.batch_norm import BatchNorm
 from mvit3_keras.layers.patches import Fold, Unfold
 from mvit3_keras.layers.resize import ResizeLike, ResizeToEven, bilinear_resize
@@ -9,9 +14,12 @@ __all__ = [
     "BatchNorm",
     "Fold",
     "LinearSelfAttention",
+    "LinearSelfAttentionSplit",
+    "MultiHeadSelfAttentionSplit",
     "MultiHeadSelfAttention",
     "ResizeLike",
     "ResizeToEven",
+    "SplitPointwiseConv",
     "Unfold",
     "bilinear_resize",
 ]

@@ -42,10 +42,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.built = True
 
     def call(self, qkv, training=None):
-        p, n = _dim(qkv, 1), _dim(qkv, 2)
-        d, h, hd = self.dim, self.num_heads, self.head_dim
+        d, hd = self.dim, self.head_dim
         q, k, v = qkv[..., :d], qkv[..., d : 2 * d], qkv[..., 2 * d :]
         q = q * ops.cast(hd**-0.5, q.dtype)
+        return self._attend(q, k, v, training)
+
+    def _attend(self, q, k, v, training):
+        """Attention of the scaled ``q`` and ``k``, ``v`` (each ``[B, P, N, d]``)."""
+        p, n = _dim(q, 1), _dim(q, 2)
+        d, h, hd = self.dim, self.num_heads, self.head_dim
 
         def heads(t):  # [B, P, N, d] -> [B*P, h, N, hd]
             return ops.transpose(ops.reshape(t, (-1, n, h, hd)), (0, 2, 1, 3))
@@ -92,10 +97,13 @@ class LinearSelfAttention(keras.layers.Layer):
     def call(self, qkv, training=None):
         d = self.dim
         q, k, v = qkv[..., :1], qkv[..., 1 : 1 + d], qkv[..., 1 + d :]
+        return self._attend(q, k, ops.relu(v), training)
+
+    def _attend(self, q, k, v_relu, training):
         scores = ops.softmax(q, axis=2)
         scores = self.dropout(scores, training=training)
         context = ops.sum(k * scores, axis=2, keepdims=True)  # [B, P, 1, d]
-        return ops.relu(v) * context
+        return v_relu * context
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], (input_shape[-1] - 1) // 2)

@@ -1,0 +1,131 @@
+"""Weight folding rules shared by the inference and export formulations.
+
+* BatchNorm after a convolution (inference statistics) -> the convolution's kernel
+  and bias (:func:`batch_norm_fold_plan`, :func:`folded_conv_weights`);
+* the affine ``gamma * y + beta`` of a LayerNorm / GroupNorm(1) feeding one pointwise
+  linear layer -> that layer's weights (:func:`affine_fold_plan`,
+  :func:`folded_linear_weights`): ``W' = diag(gamma) W``, ``b' = b + beta W``.
+
+Folds are computed in float64 and cast once to float32.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import keras
+import numpy as np
+
+from mvit3_keras.graph_clone import iter_layers
+
+
+def _input_rank(layer) -> Optional[int]:
+    try:
+        return len(layer.input.shape)
+    except (AttributeError, ValueError):
+        return None
+
+
+def _is_foldable_norm(layer) -> bool:
+    if isinstance(layer, keras.layers.LayerNormalization):
+        axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        rank = _input_rank(layer)
+        return rank is not None and [a % rank for a in axis] == [rank - 1]
+    return isinstance(layer, keras.layers.GroupNormalization) and layer.groups == 1
+
+
+def _is_pointwise_linear(layer) -> bool:
+    if type(layer) is keras.layers.Dense:
+        return True
+    return (
+        type(layer) is keras.layers.Conv2D
+        and tuple(layer.kernel_size) == (1, 1)
+        and tuple(layer.strides) == (1, 1)
+        and layer.groups == 1
+    )
+
+
+def affine_fold_plan(model) -> dict:
+    """``{norm_name: linear_layer, linear_name: norm_layer}`` for LayerNorm /
+    GroupNorm(1) layers whose output feeds exactly one Dense / 1x1 Conv2D: the
+    per-channel affine ``gamma * y + beta`` moves into that layer's weights
+    (``W' = diag(gamma) W``, ``b' = b + beta W``), two elementwise ops fewer
+    per norm in the exported graph and one rounding step fewer in int8."""
+    plan = {}
+    for layer in iter_layers(model):
+        if not _is_foldable_norm(layer) or not (layer.scale or layer.center):
+            continue
+        outbound = layer._outbound_nodes  # noqa: SLF001 - Keras functional graph
+        if len(outbound) != 1:
+            continue
+        consumer = outbound[0].operation
+        if _is_pointwise_linear(consumer) and len(consumer._inbound_nodes) == 1:  # noqa: SLF001
+            plan[layer.name] = consumer
+            plan[consumer.name] = layer
+    return plan
+
+
+def folded_linear_weights(norm, linear):
+    """Kernel (the linear layer's own shape) and bias of ``linear(affine(y))``."""
+    kernel = linear.kernel.numpy()
+    cin = kernel.shape[-2]
+    gamma = norm.gamma.numpy() if norm.scale else np.ones(cin, np.float32)
+    beta = norm.beta.numpy() if norm.center else np.zeros(cin, np.float32)
+    flat = kernel.reshape(cin, -1)
+    bias = linear.bias.numpy() if linear.use_bias else np.zeros(flat.shape[1], np.float32)
+    new_bias = (bias + beta.astype(np.float64) @ flat.astype(np.float64)).astype(np.float32)
+    new_kernel = (flat * gamma[:, None]).reshape(kernel.shape).astype(np.float32)
+    return new_kernel, new_bias
+
+
+_folded_linear_weights = folded_linear_weights
+
+
+_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
+
+
+def batch_norm_fold_plan(model: keras.Model) -> dict:
+    """``{conv_name: bn_layer}`` for each BatchNormalization whose only input is a
+    Conv2D / DepthwiseConv2D (without activation) that feeds nothing else."""
+    plan = {}
+    for layer in iter_layers(model):
+        if not isinstance(layer, keras.layers.BatchNormalization):
+            continue
+        axis = layer.axis if isinstance(layer.axis, int) else None
+        if axis not in (-1, 3) or len(layer._inbound_nodes) != 1:  # noqa: SLF001
+            continue
+        parents = layer._inbound_nodes[0].parent_nodes  # noqa: SLF001
+        if len(parents) != 1:
+            continue
+        conv = parents[0].operation
+        if (
+            type(conv) not in _CONVS
+            or conv.data_format != "channels_last"
+            or keras.activations.serialize(conv.activation) not in ("linear", None)
+            or len(conv._inbound_nodes) != 1  # noqa: SLF001
+            or len(conv._outbound_nodes) != 1  # noqa: SLF001
+        ):
+            continue
+        plan[conv.name] = layer
+    return plan
+
+
+def folded_conv_weights(conv, bn) -> tuple[np.ndarray, np.ndarray]:
+    """Kernel and bias of ``bn(conv(x))`` (inference statistics), in float64 then cast."""
+    kernel = np.asarray(conv.kernel.numpy(), np.float64)
+    if isinstance(conv, keras.layers.DepthwiseConv2D):  # [kh, kw, C, multiplier]
+        out_channels = kernel.shape[2] * kernel.shape[3]
+    else:  # [kh, kw, C_in / groups, C_out]
+        out_channels = kernel.shape[3]
+    mean = np.asarray(bn.moving_mean.numpy(), np.float64)
+    var = np.asarray(bn.moving_variance.numpy(), np.float64)
+    gamma = np.asarray(bn.gamma.numpy(), np.float64) if bn.scale else np.ones(out_channels)
+    beta = np.asarray(bn.beta.numpy(), np.float64) if bn.center else np.zeros(out_channels)
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    bias = np.asarray(conv.bias.numpy(), np.float64) if conv.use_bias else np.zeros(out_channels)
+    if isinstance(conv, keras.layers.DepthwiseConv2D):
+        new_kernel = kernel * scale.reshape(kernel.shape[2], kernel.shape[3])
+    else:
+        new_kernel = kernel * scale
+    new_bias = (bias - mean) * scale + beta
+    return new_kernel.astype(np.float32), new_bias.astype(np.float32)
