@@ -57,7 +57,9 @@ def _layer_kinds(model) -> dict:
             else:
                 out[layer.name] = type(layer).__name__
                 if isinstance(layer, keras.layers.Activation):
-                    out[layer.name] = f"Activation({layer.get_config()['activation']})"
+                    act = layer.get_config()["activation"]
+                    act = act if isinstance(act, str) else layer.activation.__name__
+                    out[layer.name] = f"Activation({act})"
 
     walk(model)
     return out
