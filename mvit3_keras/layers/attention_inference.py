@@ -59,8 +59,35 @@ class SplitPointwiseConv(keras.layers.Layer):
         return config
 
 
+class _SplitProjectionCore:
+    """Shared part of the split cores: ``self.qkv`` (a :class:`SplitPointwiseConv` of
+    ``SPLITS(d)`` / ``ACTIVATIONS``) on the projection input, then ``_attend``."""
+
+    SPLITS = staticmethod(lambda d: (d, d, d))
+    ACTIVATIONS = (None, None, None)
+
+    def build(self, input_shape):
+        splits = self.SPLITS(self.attn_dim)
+        super().build((*input_shape[:-1], sum(splits)))
+        self.qkv = SplitPointwiseConv(
+            splits, self.ACTIVATIONS, name="qkv_proj", dtype=self.dtype_policy
+        )
+        self.qkv.build(input_shape)
+
+    def call(self, x, training=None):
+        return self._attend(*self.qkv(x), training)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.attn_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config["dim"] = self.attn_dim
+        return config
+
+
 @keras.saving.register_keras_serializable(package="mvit3_keras")
-class MultiHeadSelfAttentionSplit(MultiHeadSelfAttention):
+class MultiHeadSelfAttentionSplit(_SplitProjectionCore, MultiHeadSelfAttention):
     """``qkv_proj`` + :class:`MultiHeadSelfAttention` on the projection's input: q, k, v
     from three 1x1 convs (``self.qkv``; q scale folded into the q weights)."""
 
@@ -68,50 +95,15 @@ class MultiHeadSelfAttentionSplit(MultiHeadSelfAttention):
         super().__init__(num_heads, attention_dropout, **kw)
         self.attn_dim = int(dim)
 
-    def build(self, input_shape):
-        super().build((*input_shape[:-1], 3 * self.attn_dim))
-        d = self.attn_dim
-        self.qkv = SplitPointwiseConv((d, d, d), name="qkv_proj", dtype=self.dtype_policy)
-        self.qkv.build(input_shape)
-
-    def call(self, x, training=None):
-        q, k, v = self.qkv(x)
-        return self._attend(q, k, v, training)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.attn_dim)
-
-    def get_config(self):
-        config = super().get_config()
-        config["dim"] = self.attn_dim
-        return config
-
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
-class LinearSelfAttentionSplit(LinearSelfAttention):
+class LinearSelfAttentionSplit(_SplitProjectionCore, LinearSelfAttention):
     """``qkv_proj`` + :class:`LinearSelfAttention` on the projection's input: q, k and
     ``relu(v)`` from three 1x1 convs (``self.qkv``; the ReLU fused into the v conv)."""
+
+    SPLITS = staticmethod(lambda d: (1, d, d))
+    ACTIVATIONS = (None, None, "relu")
 
     def __init__(self, dim: int = 64, attention_dropout: float = 0.0, **kwargs):
         super().__init__(attention_dropout, **kwargs)
         self.attn_dim = int(dim)
-
-    def build(self, input_shape):
-        super().build((*input_shape[:-1], 1 + 2 * self.attn_dim))
-        d = self.attn_dim
-        self.qkv = SplitPointwiseConv(
-            (1, d, d), (None, None, "relu"), name="qkv_proj", dtype=self.dtype_policy
-        )
-        self.qkv.build(input_shape)
-
-    def call(self, x, training=None):
-        q, k, v_relu = self.qkv(x)
-        return self._attend(q, k, v_relu, training)
-
-    def compute_output_shape(self, input_shape):
-        return (*input_shape[:-1], self.attn_dim)
-
-    def get_config(self):
-        config = super().get_config()
-        config["dim"] = self.attn_dim
-        return config
