@@ -1,7 +1,7 @@
 """Plot latency vs MACs of every measured variant (``results/latency_vs_macs.png``).
 
 Left: float inference at batch 32 (filled) and 1 (hollow), ms per image, from ``inference.json`` - our
-``tf.function`` model for every variant measured, and the timm models (best
+``tf.function`` of ``optimize_for_inference(model)`` for every variant measured, and the timm models (best
 PyTorch layout) at the MACs of their twin. Right: LiteRT batch-1 latency at 2
 threads from ``tflite_latency.json`` (fp32, int8, QAT-int8, ONNX Runtime fp32 on
 the timm equivalent). MACs: our counter's official figure (ml-cvnets rules).
@@ -34,9 +34,10 @@ def series_inference(data, batch=1):
             continue
         res = r["results"]
         family = "v3" if r["model"].startswith("mobilevitv3") else "baseline"
-        if "graph" in res:
+        variant = "optimized" if "optimized" in res else "graph"
+        if variant in res:
             ours.setdefault(family, []).append(
-                (r["macs_official"], res["graph"]["ms_per_image"], r["model"])
+                (r["macs_official"], res[variant]["ms_per_image"], r["model"])
             )
         best = [res[v]["ms_per_image"] for v in ("nchw", "channels_last") if v in res]
         if best and r.get("timm"):
@@ -87,7 +88,7 @@ def plot(output_dir) -> str | None:
                 marker,
                 color=color,
                 fillstyle=fill,
-                label=f"{label}, tf.function, batch {batch}",
+                label=f"{label}, optimize_for_inference, batch {batch}",
             )
             if batch == 32:
                 for x, y, name in pts:
