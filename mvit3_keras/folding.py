@@ -78,7 +78,23 @@ def folded_linear_weights(norm, linear):
     return new_kernel, new_bias
 
 
-_folded_linear_weights = folded_linear_weights
+def folded_pointwise(layer, norm, as_conv: bool):
+    """``(new_layer, weight_fn)``: the Dense / 1x1 ``layer`` with ``norm``'s affine folded
+    in (:func:`folded_linear_weights`), as a 1x1 ``Conv2D`` when ``as_conv`` else a Dense."""
+    units = layer.filters if type(layer) is keras.layers.Conv2D else layer.units
+    common = dict(use_bias=True, activation=layer.activation, name=layer.name)
+    if as_conv:
+        new = keras.layers.Conv2D(units, 1, dtype=layer.dtype_policy, **common)
+    else:
+        new = keras.layers.Dense(units, dtype=layer.dtype_policy, **common)
+
+    def fold(old, new_layer):
+        kernel, bias = folded_linear_weights(norm, old)
+        if as_conv:
+            kernel = kernel.reshape(1, 1, *kernel.shape[-2:])
+        new_layer.set_weights([kernel, bias])
+
+    return new, fold
 
 
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)

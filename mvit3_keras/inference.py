@@ -28,6 +28,7 @@ from mvit3_keras.folding import (
     batch_norm_fold_plan,
     folded_conv_weights,
     folded_linear_weights,
+    folded_pointwise,
 )
 from mvit3_keras.graph_clone import clone_with, iter_layers
 from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAttention
@@ -157,29 +158,6 @@ def _split_attention(qkv, attention, norm):
     return new, weights
 
 
-def _folded_pointwise(layer, norm):
-    """A Dense / 1x1 conv with ``norm``'s affine folded in (rank-4 Dense as 1x1 conv)."""
-    if _is_token_dense(layer) or type(layer) is keras.layers.Conv2D:
-        units = layer.units if isinstance(layer, keras.layers.Dense) else layer.filters
-        new = keras.layers.Conv2D(
-            units, 1, activation=layer.activation, name=layer.name, dtype=layer.dtype_policy
-        )
-
-        def weights(old, new_layer):
-            kernel, bias = _linear_weights(old, norm)
-            new_layer.set_weights([kernel[None, None], bias])
-
-    else:
-        new = keras.layers.Dense(
-            layer.units, activation=layer.activation, name=layer.name, dtype=layer.dtype_policy
-        )
-
-        def weights(old, new_layer):
-            new_layer.set_weights(list(_linear_weights(old, norm)))
-
-    return new, weights
-
-
 def _without_affine(norm):
     config = norm.get_config()
     config.update(center=False, scale=False)
@@ -224,7 +202,8 @@ def optimize_for_inference(
             return _split_attention(qkv, layer, affine.get(qkv.name))
         norm = affine.get(layer.name) if _is_pointwise_linear(layer) else None
         if norm is not None:
-            return _folded_pointwise(layer, norm)
+            as_conv = _is_token_dense(layer) or type(layer) is keras.layers.Conv2D
+            return folded_pointwise(layer, norm, as_conv)
         if layer.name in affine:  # a norm whose affine moved into the next layer
             return _without_affine(layer), None
         if _is_token_dense(layer):

@@ -52,9 +52,9 @@ FLOAT_ISLANDS = {
 
 def float_island_nodes(calibrated: bytes, model, keep_float) -> list:
     """Output-tensor names of the ops ``keep_float`` keeps in float32."""
+    from mvit3_keras.graph_clone import iter_layers
     from mvit3_keras.layers import MultiHeadSelfAttention
     from quantization.export_layers import LinearSelfAttentionExport, NormalizationExport
-    from quantization.graph_rewrite import iter_layers
 
     unknown = set(keep_float) - set(FLOAT_ISLANDS)
     if unknown:
@@ -239,8 +239,9 @@ def export_tflite(
         (runtime, cosine of the outputs vs the float Keras model) and, for the
         Edge TPU target, ``edgetpu`` (mappable share, first CPU op).
     """
+    from mvit3_keras.graph_clone import clone_with
     from mvit3_keras.io_utils import atomic_path
-    from quantization.graph_rewrite import clone_with, prepare_for_export
+    from quantization.graph_rewrite import prepare_for_export
     from quantization.verify import RuntimeCrashError, describe_crash, verify_in_subprocess
 
     if quant not in QUANT_TYPES:

@@ -19,14 +19,14 @@ from typing import Optional
 import keras
 import numpy as np
 
-from mvit3_keras.folding import (  # noqa: F401 - re-exported
-    _folded_linear_weights,
+from mvit3_keras.folding import (
     _input_rank,
     _is_foldable_norm,
     _is_pointwise_linear,
     affine_fold_plan,
+    folded_pointwise,
 )
-from mvit3_keras.graph_clone import clone_with, iter_layers, layers_by_name  # noqa: F401
+from mvit3_keras.graph_clone import clone_with
 from mvit3_keras.inference import dense_as_conv
 from mvit3_keras.layers import Fold, LinearSelfAttention, Unfold
 from quantization.export_layers import (
@@ -62,32 +62,7 @@ def export_replacement(layer, target: str, plan: Optional[dict] = None):
         as_conv = type(layer) is keras.layers.Conv2D or (
             target == "edgetpu" and _input_rank(layer) == 4
         )
-        units = layer.filters if type(layer) is keras.layers.Conv2D else layer.units
-        if as_conv:
-            new = keras.layers.Conv2D(
-                units,
-                1,
-                use_bias=True,
-                activation=layer.activation,
-                name=layer.name,
-                dtype=layer.dtype_policy,
-            )
-        else:
-            new = keras.layers.Dense(
-                units,
-                use_bias=True,
-                activation=layer.activation,
-                name=layer.name,
-                dtype=layer.dtype_policy,
-            )
-
-        def fold(old, new_layer, norm=norm, as_conv=as_conv):
-            kernel, bias = _folded_linear_weights(norm, old)
-            if as_conv:
-                kernel = kernel.reshape(1, 1, *kernel.shape[-2:])
-            new_layer.set_weights([kernel, bias])
-
-        return new, fold
+        return folded_pointwise(layer, norm, as_conv)
     if isinstance(layer, keras.layers.LayerNormalization):
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
         rank = _input_rank(layer)

@@ -21,6 +21,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from mvit3_keras.graph_clone import clone_with, iter_layers
 from mvit3_keras.layers import MultiHeadSelfAttention, ResizeLike, ResizeToEven
 from quantization.export_layers import (
     FoldExport,
@@ -28,7 +29,7 @@ from quantization.export_layers import (
     NormalizationExport,
     UnfoldExport,
 )
-from quantization.graph_rewrite import clone_with, iter_layers, prepare_for_export
+from quantization.graph_rewrite import prepare_for_export
 from quantization.qat_config import SKIP_ATTRIBUTE, QuantizeConfig, quantize_annotate_layer
 from quantization.qat_layers import (
     QAT_LAYER_CLASSES,

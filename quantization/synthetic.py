@@ -46,7 +46,7 @@ def recalibrate_batchnorm(model, images: np.ndarray, *, seed: int = 0):
     statistics become its batch statistics on ``images`` (one forward pass)."""
     import keras
 
-    from quantization.graph_rewrite import iter_layers
+    from mvit3_keras.graph_clone import iter_layers
 
     rng = np.random.default_rng(seed)
     norms = (
