@@ -52,15 +52,24 @@ def train_steps_per_epoch(values, source, *, per_replica_batch, replicas, image_
     return max(1, n // (per_replica_batch * replicas))
 
 
-def classification_train(
-    source, values, *, image_size, per_replica_batch, replicas, seed, epoch_offset=0
-):
-    ds = source.load(source.train_split, shuffle_files=True, seed=seed + epoch_offset)
+def _train_examples(source, values, seed, max_buffer=None):
+    """The training split, limited / cached as the recipe says, shuffled and repeated.
+
+    ``max_buffer`` caps the shuffle buffer (segmentation examples are large)."""
+    ds = source.load(source.train_split, shuffle_files=True, seed=seed)
     ds = _limit(ds, get(values, "runtime.max_train_examples"))
     if get(values, "runtime.cache", False):
         ds = ds.cache()
     buffer = int(get(values, "runtime.shuffle_buffer", 10000))
-    ds = ds.shuffle(buffer, seed=seed + epoch_offset, reshuffle_each_iteration=True).repeat()
+    if max_buffer is not None:
+        buffer = min(buffer, max_buffer)
+    return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
+
+
+def classification_train(
+    source, values, *, image_size, per_replica_batch, replicas, seed, epoch_offset=0
+):
+    ds = _train_examples(source, values, seed + epoch_offset)
     transform = augment.ClassificationAugment(values, source.num_classes, seed=seed)
     if uses_variable_batch(values, "classification"):
         pairs = sampler.pairs_from_recipe(values, per_replica_batch, 1, image_size)
@@ -88,14 +97,7 @@ def classification_eval(source, values, *, image_size, batch_size, split=None, l
 def segmentation_train(
     source, values, *, image_size, per_replica_batch, replicas, seed, epoch_offset=0
 ):
-    ds = source.load(source.train_split, shuffle_files=True, seed=seed + epoch_offset)
-    ds = _limit(ds, get(values, "runtime.max_train_examples"))
-    if get(values, "runtime.cache", False):
-        ds = ds.cache()
-    buffer = int(get(values, "runtime.shuffle_buffer", 10000))
-    ds = ds.shuffle(
-        min(buffer, 2000), seed=seed + epoch_offset, reshuffle_each_iteration=True
-    ).repeat()
+    ds = _train_examples(source, values, seed + epoch_offset, max_buffer=2000)
     transform = augment.SegmentationAugment(values, (image_size, image_size), source.ignore_index)
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(per_replica_batch * replicas, drop_remainder=True)
