@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 def build_files(args, workdir):
     import mvit3_keras as m
-    from mvit3_keras.reference import reference_dir
+    from mvit3_keras.reference import load_parity, reference_dir
     from quantization import export_tflite, quantize_model
     from quantization.qat import calibrate_ranges
     from quantization.synthetic import photo_crops, recalibrate_batchnorm
@@ -59,8 +59,8 @@ def build_files(args, workdir):
     ref = reference_dir()
     stem = REFERENCE.get(args.model)
     images = photo_crops(40, size, seed=1)
-    if ref is not None and stem and (ref / "parity" / f"{stem}.npz").is_file():
-        m.load_cvnets_weights(model, str(ref / "parity" / f"{stem}.npz"), rgb_input=False)
+    if ref is not None and stem:
+        m.load_cvnets_weights(model, load_parity(stem).state_dict(), rgb_input=False)
         weights = f"official reference checkpoint {stem}"
     else:
         recalibrate_batchnorm(model, images[:8])

@@ -1,9 +1,16 @@
-"""Locating the official reference data (``shared/reference`` beside the repository).
+"""The official reference data: counts, ``state_dict`` keys and parity checkpoints.
 
-The reference (official parameter/MAC counts, state_dict keys and parity
-files made by running the authors' PyTorch code) is not shipped in the wheel.
-``MVIT3_REFERENCE`` points at it; otherwise ``../shared/reference`` relative to
-the repository root is used when present.
+The reference was made by running the authors' PyTorch code (MobileViTv3 on
+ml-cvnets): exact parameter / MAC counts (``summary.json``), each official
+``state_dict``'s keys and shapes (``keys/*.json``) and parity files (seeded
+weights under the official key names, inputs, and the official outputs).
+
+The repository carries a compact copy in ``tests/data/reference`` (written by
+``scripts/make_reference_fixtures.py``): parity arrays are stored once in
+``parity/pool.npz`` and named per file in ``parity/manifest.json``; large
+diagnostic feature maps keep a grid of rows and columns (:class:`ParityData`
+samples a computed map the same way). ``MVIT3_REFERENCE`` may point at another
+folder of either layout (compact, or one ``parity/<stem>.npz`` per file).
 """
 
 from __future__ import annotations
@@ -13,25 +20,90 @@ import os
 from pathlib import Path
 from typing import Optional
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+import numpy as np
+
+BUNDLED_REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
 
 
 def reference_dir() -> Optional[Path]:
+    """``MVIT3_REFERENCE`` if set, else the repository's bundled copy; None if absent."""
     env = os.environ.get("MVIT3_REFERENCE")
-    candidates = [Path(env)] if env else []
-    candidates += [_REPO_ROOT.parent / "shared" / "reference", _REPO_ROOT / "shared" / "reference"]
-    for path in candidates:
-        if (path / "summary.json").is_file():
-            return path
-    return None
+    path = Path(env) if env else BUNDLED_REFERENCE
+    return path if (path / "summary.json").is_file() else None
 
 
-def load_summary() -> dict:
+def _require_dir() -> Path:
     ref = reference_dir()
     if ref is None:
         raise FileNotFoundError(
-            "official reference data not found: set MVIT3_REFERENCE to the folder holding "
-            "summary.json, keys/ and parity/"
+            "official reference data not found: it ships in the repository's "
+            f"{BUNDLED_REFERENCE} (run from a clone), or set MVIT3_REFERENCE to a folder "
+            "holding summary.json, keys/ and parity/"
         )
-    with open(ref / "summary.json", encoding="utf-8") as f:
+    return ref
+
+
+def load_summary() -> dict:
+    """``summary.json``'s per-variant entries (parameter and MAC counts, architecture)."""
+    with open(_require_dir() / "summary.json", encoding="utf-8") as f:
         return json.load(f)["variants"]
+
+
+def load_keys(stem: str) -> list:
+    """``keys/<stem>.json``: the official state_dict's ``[key, shape]`` entries, in order."""
+    with open(_require_dir() / "keys" / f"{stem}.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+class ParityData(dict):
+    """The arrays of one parity file; ``sampled`` names the maps stored on a grid.
+
+    Weights are float16 values (cast to float32 exactly), BatchNorm
+    ``num_batches_tracked`` int64; ``ref__*`` entries are inputs and official outputs.
+    """
+
+    def __init__(self, arrays: dict, sampled: Optional[dict] = None):
+        super().__init__(arrays)
+        self.sampled = dict(sampled or {})
+
+    def state_dict(self) -> dict:
+        """The official ``state_dict`` part (every entry that is not ``ref__*``)."""
+        return {k: v for k, v in self.items() if not k.startswith("ref__")}
+
+    def like_stored(self, key: str, computed) -> np.ndarray:
+        """``computed`` (NHWC, the full map that ``key`` was made from) sampled as stored."""
+        computed = np.asarray(computed)
+        grid = self.sampled.get(key)
+        if grid is None:
+            return computed
+        return computed[:, grid["rows"]][:, :, grid["cols"]]
+
+
+def load_parity(stem: str, reference: Optional[Path] = None) -> ParityData:
+    """The parity file ``stem`` (e.g. ``"cls_xx_small_v3"``) of the reference data."""
+    ref = Path(reference) if reference is not None else _require_dir()
+    manifest_path = ref / "parity" / "manifest.json"
+    if manifest_path.is_file():
+        with open(manifest_path, encoding="utf-8") as f:
+            manifest = json.load(f)
+        if stem not in manifest:
+            raise KeyError(f"no parity file {stem!r}; available: {sorted(manifest)}")
+        entry = manifest[stem]
+        with np.load(ref / "parity" / "pool.npz") as pool:
+            arrays = {k: pool[digest] for k, digest in entry["arrays"].items()}
+        return ParityData(arrays, entry["sampled"])
+    path = ref / "parity" / f"{stem}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"parity file missing: {path}")
+    with np.load(path) as data:
+        return ParityData({k: data[k] for k in data.files})
+
+
+def write_parity_checkpoint(stem: str, path, reference: Optional[Path] = None) -> str:
+    """Write parity file ``stem``'s weights as an official-layout ``.npz`` checkpoint (atomically)."""
+    from mvit3_keras.io_utils import atomic_path
+
+    state = load_parity(stem, reference).state_dict()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **state)
+    return str(path)

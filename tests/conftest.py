@@ -9,21 +9,18 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from mvit3_keras.reference import reference_dir  # noqa: E402
+from mvit3_keras import reference as official  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def reference():
     """Path of the official reference data (summary.json, keys/, parity/).
 
-    Missing reference data fails the run in CI (CI=true) and skips elsewhere.
+    The repository carries it (tests/data/reference); missing data fails the run.
     """
-    path = reference_dir()
+    path = official.reference_dir()
     if path is None:
-        message = "official reference data not found (set MVIT3_REFERENCE)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        pytest.fail(f"official reference data not found in {official.BUNDLED_REFERENCE}")
     return path
 
 
@@ -36,12 +33,13 @@ def summary(reference):
 
 
 def load_parity(reference, stem):
-    """The arrays of ``parity/<stem>.npz`` (weights float16 -> float32, exact)."""
-    path = reference / "parity" / f"{stem}.npz"
-    if not path.is_file():
-        pytest.fail(f"parity file missing: {path}")
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
+    """The arrays of parity file ``stem`` (weights float16 -> float32, exact).
+
+    A :class:`mvit3_keras.reference.ParityData`: compare a computed map with a
+    stored one through ``data.like_stored(key, computed)`` (large maps are kept
+    on a grid of rows and columns).
+    """
+    return official.load_parity(stem, reference)
 
 
 def assert_close_to_reference(actual, expected, *, rel=2e-4, what="output"):

@@ -12,6 +12,7 @@ import pytest
 from conftest import load_parity
 
 from mvit3_keras.cli import main
+from mvit3_keras.reference import write_parity_checkpoint
 
 
 def _run(*args, cwd=None):
@@ -27,8 +28,10 @@ def _run(*args, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def parity_npz(reference):
-    return str(reference / "parity" / "cls_xx_small_v3.npz")
+def parity_npz(reference, tmp_path_factory):
+    """The reference checkpoint as an official-layout .npz file."""
+    path = tmp_path_factory.mktemp("checkpoint") / "cls_xx_small_v3.npz"
+    return write_parity_checkpoint("cls_xx_small_v3", path, reference)
 
 
 def test_convert_to_keras_then_load_in_new_process(parity_npz, reference, tmp_path):
