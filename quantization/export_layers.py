@@ -36,6 +36,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mvit3_keras.layers.attention import softmax
+
 TARGETS = ("generic", "edgetpu")
 
 
@@ -186,10 +188,10 @@ def patch_softmax(q, target: str):
     """Softmax of ``q`` ``[B, P, N, 1]`` over the N patches (axis 2)."""
     p, n = q.shape[1], q.shape[2]
     if target == "generic":
-        s = ops.softmax(ops.reshape(q, (-1, p, n)), axis=-1)
+        s = softmax(ops.reshape(q, (-1, p, n)), axis=-1)
         return ops.reshape(s, (-1, p, n, 1))
     parts = [
-        ops.reshape(ops.softmax(ops.reshape(q[:, i : i + 1], (-1, n)), axis=-1), (-1, 1, n, 1))
+        ops.reshape(softmax(ops.reshape(q[:, i : i + 1], (-1, n)), axis=-1), (-1, 1, n, 1))
         for i in range(p)
     ]
     return ops.concatenate(parts, axis=1)

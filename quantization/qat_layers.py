@@ -27,6 +27,7 @@ import keras
 from keras import ops
 
 from mvit3_keras.layers import MultiHeadSelfAttention
+from mvit3_keras.layers.attention import softmax
 from quantization.export_layers import LinearSelfAttentionExport, NormalizationExport, patch_softmax
 from quantization.quantizers import (
     UNIT_INTERVAL_RANGE,
@@ -394,7 +395,7 @@ class QuantMultiHeadSelfAttention(MultiHeadSelfAttention):
 
         q, k, v = heads(q), heads(k), heads(v)
         scores = core(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))), self.scores_quantizer)
-        weights = core(ops.softmax(scores, axis=-1), self.softmax_quantizer)
+        weights = core(softmax(scores, axis=-1), self.softmax_quantizer)
         weights = self.dropout(weights, training=training)
         out = self.output_quantizer(ops.matmul(weights, v), training=training)
         out = ops.transpose(out, (0, 2, 1, 3))

@@ -14,6 +14,18 @@ from keras import ops
 from mvit3_keras.layers.patches import _dim
 
 
+def softmax(x, axis: int):
+    """``ops.softmax`` that writes a softmax over a static size-1 axis as ones.
+
+    A 2x2 feature map has one patch, so the official attention softmaxes over one
+    token: the result is exactly 1 for finite scores (and its gradient 0). Writing it
+    as ones keeps that semantics without a pointless softmax (and Keras' warning).
+    """
+    if x.shape[axis] == 1:
+        return ops.ones_like(x)
+    return ops.softmax(x, axis=axis)
+
+
 @keras.saving.register_keras_serializable(package="mvit3_keras")
 class MultiHeadSelfAttention(keras.layers.Layer):
     """Scaled dot-product attention of ``cvnets.layers.MultiHeadAttention``.
@@ -57,7 +69,7 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
         q, k, v = heads(q), heads(k), heads(v)
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2)))  # [B*P, h, N, N]
-        weights = ops.softmax(scores, axis=-1)
+        weights = softmax(scores, axis=-1)
         weights = self.dropout(weights, training=training)
         out = ops.matmul(weights, v)  # [B*P, h, N, hd]
         out = ops.transpose(out, (0, 2, 1, 3))  # [B*P, N, h, hd]
@@ -100,7 +112,7 @@ class LinearSelfAttention(keras.layers.Layer):
         return self._attend(q, k, ops.relu(v), training)
 
     def _attend(self, q, k, v_relu, training):
-        scores = ops.softmax(q, axis=2)
+        scores = softmax(q, axis=2)
         scores = self.dropout(scores, training=training)
         context = ops.sum(k * scores, axis=2, keepdims=True)  # [B, P, 1, d]
         return v_relu * context
