@@ -14,6 +14,8 @@ from typing import Optional
 
 import numpy as np
 
+from mvit3_keras import progress
+
 
 def _element_images(element):
     """The image array of one dataset / generator element."""
@@ -106,7 +108,8 @@ def representative_dataset(images: np.ndarray, batch_size: int = 1):
     """The converter's ``representative_dataset`` callable over ``images``."""
 
     def generator():
-        for start in range(0, len(images) - batch_size + 1, batch_size):
+        starts = range(0, len(images) - batch_size + 1, batch_size)
+        for start in progress.counted(starts, len(starts), "calibrating"):
             yield [images[start : start + batch_size]]
 
     return generator

@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from mvit3_keras import progress
 from quantization.export import cosine_similarity
 from quantization.runtime import TFLiteRunner
 
@@ -71,8 +72,12 @@ def evaluate_tflite(
 ) -> dict:
     """Metrics of the TFLite model (and of ``keras_model`` when given) on the data."""
     runner = TFLiteRunner(tflite_model, num_threads=num_threads)
-    out = runner(images)
-    out = out[0] if isinstance(out, list) else out
+    chunks = range(0, len(images), batch_size)
+    outs = []
+    for start in progress.counted(chunks, len(chunks), f"evaluating in {runner.backend}"):
+        out = runner(images[start : start + batch_size])
+        outs.append(out[0] if isinstance(out, list) else out)
+    out = np.concatenate(outs)
     result = {"num_images": int(len(images)), "runtime": runner.backend}
     ref = None if keras_model is None else _keras_outputs(keras_model, images, batch_size)
     if task == "classification":

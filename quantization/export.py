@@ -36,6 +36,7 @@ from typing import Optional
 
 import numpy as np
 
+from mvit3_keras import progress
 from quantization.calibration import collect_images, representative_dataset
 from quantization.inspection import check_tflite, inspect_tflite
 
@@ -324,6 +325,7 @@ def export_tflite(
             representative_data, num_samples=num_verify_samples, input_shape=shape
         )
 
+    progress.stage(f"converting to {quant} (target {target})")
     frozen = _concrete_function(prepared, batch_size)
     converter = _converter(
         frozen,
@@ -340,6 +342,7 @@ def export_tflite(
         )
     else:
         flatbuffer = converter.convert()
+    progress.stage("checking the file's ops and tensor types")
     report = inspect_tflite(flatbuffer, include_ops=target == "edgetpu")
     check_tflite(
         report,
@@ -362,6 +365,7 @@ def export_tflite(
         with open(tmp, "wb") as f:
             f.write(flatbuffer)
         if verify:
+            progress.stage("verifying: load, allocate and invoke in a separate LiteRT process")
             (result,) = verify_in_subprocess([tmp], images=[verify_images])
             if not result.get("ok"):
                 detail = describe_crash(result.get("crash_op")) if result.get("crashed") else ""
