@@ -143,6 +143,16 @@ def _frozen_outputs(frozen, images, batch_size):
     return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
 
 
+def run_converter(converter) -> bytes:
+    """``converter.convert()`` without the converter's notice that quantized inputs
+    have no mean/std: calibration sets the input scale, the statistics are not used."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs were expected")
+        return converter.convert()
+
+
 def _quantize_with_float_islands(converter, prepared, keep_float, integer_io, target):
     """Calibrate, then quantize with the ``keep_float`` ops left in float32 (the
     converter's own ``mlir_quantize`` step, with a node denylist)."""
@@ -150,7 +160,7 @@ def _quantize_with_float_islands(converter, prepared, keep_float, integer_io, ta
     from tensorflow.lite.python import convert as tfl_convert
 
     converter._experimental_calibrate_only = True  # noqa: SLF001 - public in the debugger
-    calibrated = converter.convert()
+    calibrated = run_converter(converter)
     nodes = float_island_nodes(calibrated, prepared, keep_float)
     io_type = (tf.uint8 if target == "edgetpu" else tf.int8) if integer_io else tf.float32
     return tfl_convert.mlir_quantize(
@@ -341,7 +351,7 @@ def export_tflite(
             converter, prepared, keep_float, integer_io, target
         )
     else:
-        flatbuffer = converter.convert()
+        flatbuffer = run_converter(converter)
     progress.stage("checking the file's ops and tensor types")
     report = inspect_tflite(flatbuffer, include_ops=target == "edgetpu")
     check_tflite(
