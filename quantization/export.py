@@ -37,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from mvit3_keras import progress
+from quantization.add_ranges import quantize_with_legal_add_ranges
 from quantization.calibration import collect_images, representative_dataset
 from quantization.inspection import check_tflite, inspect_tflite
 
@@ -153,23 +154,29 @@ def run_converter(converter) -> bytes:
         return converter.convert()
 
 
-def _quantize_with_float_islands(converter, prepared, keep_float, integer_io, target):
-    """Calibrate, then quantize with the ``keep_float`` ops left in float32 (the
-    converter's own ``mlir_quantize`` step, with a node denylist)."""
+def _quantize_calibrated(converter, prepared, keep_float, integer_io, target):
+    """Post-training int8: calibrate, then the converter's own ``mlir_quantize`` step
+    (what ``converter.convert()`` runs), with the ``keep_float`` ops left in float32
+    (a node denylist) and int8 ADD ranges that LiteRT accepts
+    (:mod:`quantization.add_ranges`). Returns ``(flatbuffer, widened ranges)``."""
     import tensorflow as tf
     from tensorflow.lite.python import convert as tfl_convert
 
     converter._experimental_calibrate_only = True  # noqa: SLF001 - public in the debugger
     calibrated = run_converter(converter)
-    nodes = float_island_nodes(calibrated, prepared, keep_float)
+    nodes = float_island_nodes(calibrated, prepared, keep_float) if keep_float else None
     io_type = (tf.uint8 if target == "edgetpu" else tf.int8) if integer_io else tf.float32
-    return tfl_convert.mlir_quantize(
-        calibrated,
-        disable_per_channel=False,
-        input_data_type=io_type,
-        output_data_type=io_type,
-        denylisted_nodes=nodes,
-    )
+
+    def quantize(calibrated_model):
+        return tfl_convert.mlir_quantize(
+            calibrated_model,
+            disable_per_channel=False,
+            input_data_type=io_type,
+            output_data_type=io_type,
+            denylisted_nodes=nodes,
+        )
+
+    return quantize_with_legal_add_ranges(calibrated, quantize)
 
 
 def _converter(frozen, quant, target, calibration, batch_size, integer_io, allow_float):
@@ -346,8 +353,9 @@ def export_tflite(
         integer_io,
         allow_float_ops or bool(keep_float),
     )
-    if keep_float and quant in ("int8", "int8_full"):
-        flatbuffer = _quantize_with_float_islands(
+    widened = []
+    if quant in ("int8", "int8_full"):
+        flatbuffer, widened = _quantize_calibrated(
             converter, prepared, keep_float, integer_io, target
         )
     else:
@@ -415,6 +423,7 @@ def export_tflite(
         path=path,
         integer_io=bool(integer_io),
         keep_float=list(keep_float),
+        widened_add_ranges=[sorted(r) for r in widened],
         input_shape=[batch_size, *shape],
         seconds=round(time.time() - start, 1),
     )

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import mvit3_keras as m
 from quantization import ExportCheckError, export_tflite, inspect_tflite, run_tflite
+from quantization.add_ranges import illegal_add_outputs
 from quantization.calibration import collect_images
 from quantization.edgetpu import edgetpu_report
 from quantization.export import cosine_similarity
@@ -178,6 +179,25 @@ def test_stock_formulation_abort_is_caught_and_located(tmp_path):
     )
     assert "SQUARED_DIFFERENCE v2" not in fixed["op_histogram"]
     assert fixed["verify"]["separate_process"]
+
+
+@pytest.mark.parametrize("quant, target", [("int8", "generic"), ("int8_full", "edgetpu")])
+def test_fresh_model_residual_add_gets_a_legal_range(quant, target, tmp_path):
+    """A freshly initialised MobileViTv3-0.5 aborted LiteRT: the residual ADD after
+    ``layer_3.1...pre_norm_attn`` took the fusion concatenation's input scale (~0.04)
+    while its own calibrated output range was ~1e-6 (kernel limit: 2**-19 of the
+    input scale). The export widens that output range and the file runs."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = m.create_model("mobilevitv3_050", input_shape=(96, 96, 3))
+    images = np.random.default_rng(0).random((8, 96, 96, 3), dtype=np.float32)
+    path = tmp_path / f"fresh_{quant}_{target}.tflite"
+    report = export_tflite(model, path, quant=quant, target=target, representative_data=images)
+    assert report["verify"]["separate_process"] and path.is_file()
+    widened = [name for r in report["widened_add_ranges"] for name in r]
+    assert any("layer_3.1.global_rep.0.pre_norm_attn.add" in name for name in widened), widened
+    assert illegal_add_outputs(path.read_bytes()) == {}
 
 
 def test_runtime_crash_error_names_the_op(tmp_path):
