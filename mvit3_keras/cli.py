@@ -21,6 +21,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mvit3",
         description="MobileViTv3 for edge devices: models, official weights, training, int8 export.",
     )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every framework log and warning (the `mvit3` command hides known-harmless "
+        "ones; see mvit3_cli.py)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module_name in COMMAND_MODULES:
@@ -29,15 +35,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, TypeError) as err:
+    except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as err:
         if os.environ.get("MVIT3_DEBUG"):
             raise
-        print(f"mvit3 {args.command}: error: {err}", file=sys.stderr)
+        if isinstance(err, ImportError):  # a missing package: name what to install
+            from mvit3_keras.optional import explain_import_error
+
+            message = explain_import_error(err, f"mvit3 {args.command}")
+        else:
+            message = str(err)
+        print(f"mvit3 {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

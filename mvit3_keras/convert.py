@@ -82,13 +82,9 @@ def read_state_dict(source) -> OrderedDict[str, np.ndarray]:
 
 
 def _read_torch(path):
-    try:
-        import torch
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            f"reading {path!r} needs PyTorch: pip install 'mvit3-keras[torch]' "
-            "(or convert the checkpoint to .npz elsewhere)"
-        ) from err
+    from mvit3_keras.optional import require
+
+    torch = require("torch", extra="torch", purpose=f"reading the PyTorch checkpoint {path!r}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:

@@ -6,7 +6,9 @@ ml-cvnets): exact parameter / MAC counts (``summary.json``), each official
 weights under the official key names, inputs, and the official outputs).
 
 The repository carries a compact copy in ``tests/data/reference`` (written by
-``scripts/make_reference_fixtures.py``): parity arrays are stored once in
+``scripts/make_reference_fixtures.py``), and the package ships the part that
+``mvit3 demo`` uses (``summary.json`` and the MobileViTv3-XXS checkpoint) in
+``mvit3_keras/reference_data``. In both, parity arrays are stored once in
 ``parity/pool.npz`` and named per file in ``parity/manifest.json``; large
 diagnostic feature maps keep a grid of rows and columns (:class:`ParityData`
 samples a computed map the same way). ``MVIT3_REFERENCE`` may point at another
@@ -23,17 +25,26 @@ from typing import Optional
 import numpy as np
 
 BUNDLED_REFERENCE = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
+PACKAGED_REFERENCE = Path(__file__).resolve().parent / "reference_data"
 
 
-def reference_dir() -> Optional[Path]:
-    """``MVIT3_REFERENCE`` if set, else the repository's bundled copy; None if absent."""
+def reference_dir(*, packaged: bool = False) -> Optional[Path]:
+    """``MVIT3_REFERENCE`` if set, else the repository's copy (a clone); None if absent.
+
+    ``packaged=True`` falls back to the package's subset (summary.json, MobileViTv3-XXS).
+    """
     env = os.environ.get("MVIT3_REFERENCE")
-    path = Path(env) if env else BUNDLED_REFERENCE
-    return path if (path / "summary.json").is_file() else None
+    candidates = [Path(env)] if env else [BUNDLED_REFERENCE]
+    if packaged and not env:
+        candidates.append(PACKAGED_REFERENCE)
+    for path in candidates:
+        if (path / "summary.json").is_file():
+            return path
+    return None
 
 
 def _require_dir() -> Path:
-    ref = reference_dir()
+    ref = reference_dir(packaged=True)
     if ref is None:
         raise FileNotFoundError(
             "official reference data not found: it ships in the repository's "

@@ -1,4 +1,8 @@
-"""Build the compact copy of the official reference data under ``tests/data/reference``.
+"""Build the compact copies of the official reference data the repository carries.
+
+``tests/data/reference``: everything the tests compare with. ``mvit3_keras/reference_data``:
+``summary.json`` and the MobileViTv3-XXS parity checkpoint that ``mvit3 demo`` converts
+(shipped in the package, so the demo runs from a plain install too).
 
 The reference data (parameter/MAC counts, official ``state_dict`` keys and
 parity files) was made by running the authors' PyTorch code. A clone of this
@@ -35,7 +39,11 @@ from pathlib import Path
 
 import numpy as np
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "reference"
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "tests" / "data" / "reference"
+# What `mvit3 demo` needs, shipped inside the package (a plain install has no tests/).
+PACKAGED = ROOT / "mvit3_keras" / "reference_data"
+PACKAGED_STEMS = ("cls_xx_small_v3",)
 # Diagnostic maps keep every STEP-th row/column (plus the last two); logits and weights stay whole.
 FEATURE_STEP = 6
 SEGMENTATION_STEP = 3  # of the stored 1::3 sample, i.e. every 9th full-resolution pixel
@@ -65,9 +73,11 @@ def _digest(array: np.ndarray) -> str:
     return h.hexdigest()[:20]
 
 
-def build_parity(src: Path, dst: Path) -> dict:
+def build_parity(src: Path, dst: Path, stems=None) -> dict:
     pool, manifest = {}, {}
     for path in sorted((src / "parity").glob("*.npz")):
+        if stems is not None and path.stem not in stems:
+            continue
         entry = {"arrays": {}, "sampled": {}}
         with np.load(path) as data:
             for key in data.files:
@@ -88,6 +98,26 @@ def build_parity(src: Path, dst: Path) -> dict:
     return manifest
 
 
+def write_folder(src: Path, out: Path, *, keys: bool, stems=None) -> None:
+    """Write the compact copy into ``out`` (replaced as a whole, never half-written)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".reference_", dir=out.parent))
+    shutil.copy2(src / "summary.json", tmp / "summary.json")
+    if keys:
+        shutil.copytree(src / "keys", tmp / "keys")
+    build_parity(src, tmp / "parity", stems)
+    os.chmod(tmp, 0o755)
+    for path in tmp.rglob("*"):
+        os.chmod(path, 0o755 if path.is_dir() else 0o644)
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    print(f"wrote {out} ({size / 1e6:.1f} MB)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reference", type=Path, help="the official reference folder")
@@ -96,20 +126,8 @@ def main() -> None:
     src = args.reference
     if not (src / "summary.json").is_file():
         raise SystemExit(f"{src} has no summary.json: pass the official reference folder")
-    tmp = Path(tempfile.mkdtemp(prefix=".reference_", dir=args.output.parent))
-    shutil.copy2(src / "summary.json", tmp / "summary.json")
-    shutil.copytree(src / "keys", tmp / "keys")
-    build_parity(src, tmp / "parity")
-    for path in tmp.rglob("*"):
-        if path.is_file():
-            os.chmod(path, 0o644)
-    old = args.output.with_name(args.output.name + ".old")
-    if args.output.exists():
-        args.output.rename(old)
-    tmp.rename(args.output)
-    shutil.rmtree(old, ignore_errors=True)
-    size = sum(p.stat().st_size for p in args.output.rglob("*") if p.is_file())
-    print(f"wrote {args.output} ({size / 1e6:.1f} MB)")
+    write_folder(src, args.output, keys=True)
+    write_folder(src, PACKAGED, keys=False, stems=PACKAGED_STEMS)
 
 
 if __name__ == "__main__":

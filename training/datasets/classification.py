@@ -8,8 +8,7 @@ import os
 
 from training.datasets import tfds_utils
 from training.datasets.base import DatasetError, DatasetSource
-
-DEMO_NAMES = ("demo", "digits")
+from training.datasets.names import DEMO_NAMES
 
 
 def open_classification(

@@ -21,9 +21,8 @@ import os
 
 from training.datasets import tfds_utils
 from training.datasets.base import DatasetError, DatasetSource
+from training.datasets.names import ADE_NAMES, SHAPES_NAMES, VOC_NAMES, unknown_dataset
 
-ADE_NAMES = ("scene_parse150", "ade20k")
-VOC_NAMES = ("voc2012", "voc2012_segmentation", "pascal_voc")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -34,7 +33,7 @@ def open_segmentation(
     manual_dir: str | None = None,
     image_size: int = 64,
 ) -> DatasetSource:
-    if name in ("demo", "demo_shapes", "shapes"):
+    if name in SHAPES_NAMES:
         from training.datasets.demo import shapes_source
 
         return shapes_source(image_size)
@@ -47,14 +46,10 @@ def open_segmentation(
     import tensorflow_datasets as tfds
 
     if name in tfds.list_builders(with_community_datasets=False):
-        raise DatasetError(
-            f"TFDS dataset {name!r} is not a supported segmentation dataset: use "
-            f"{', '.join(ADE_NAMES + VOC_NAMES)}, a folder of image/mask pairs or 'demo'"
+        raise unknown_dataset(
+            name, "segmentation", reason="a TFDS dataset, but not a supported segmentation one"
         )
-    raise DatasetError(
-        f"Unknown segmentation dataset {name!r}: use scene_parse150 (ADE20K), voc2012 "
-        "(local VOCdevkit via --manual-dir), a folder ROOT/{train,val}/{images,masks}/ or demo"
-    )
+    raise unknown_dataset(name, "segmentation")
 
 
 def _ade20k(data_dir, manual_dir) -> DatasetSource:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 import os
 
 from training.datasets.base import DatasetError
+from training.datasets.names import unknown_dataset
 
 # Files a manual-download dataset needs in ``manual_dir`` (TFDS instructions).
 MANUAL_FILES = {
@@ -22,6 +22,8 @@ def default_manual_dir(data_dir: str | None) -> str:
 
 
 def open_builder(name: str, data_dir: str | None = None):
+    """``tfds.builder(name)``; a name TFDS does not know (only ``--dataset`` of a classification
+    run can be one) raises :func:`training.datasets.names.unknown_dataset`."""
     import tensorflow_datasets as tfds
 
     try:
@@ -30,12 +32,12 @@ def open_builder(name: str, data_dir: str | None = None):
         if "not found" not in str(err).lower() and type(err).__name__ != "DatasetNotFoundError":
             raise
         known = tfds.list_builders(with_community_datasets=False)
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise DatasetError(
-            f"Unknown dataset {name!r}: not a TFDS dataset name, not a folder and not 'demo'.{hint} "
-            "Use a TFDS name (`tfds.list_builders()`), a folder of images (class sub-folders), "
-            "or --dataset demo for the bundled offline data."
+        raise unknown_dataset(
+            name,
+            "classification",
+            candidates=known,
+            reason="not a TFDS dataset (nor one prepared in --data-dir), not an existing "
+            "folder and not a bundled dataset",
         ) from None
 
 

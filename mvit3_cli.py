@@ -1,0 +1,132 @@
+"""Entry point of the ``mvit3`` command, and what it shows on the terminal.
+
+TensorFlow, the TFLite converter and LiteRT print start-up and conversion
+notices from C++ (before Python logging exists, so Python cannot silence them)
+and from Python (absl, ``tf.function`` retracing notes, deprecations). The ones
+listed in :data:`HARMLESS` say nothing a user can act on. Only the command line
+uses :func:`framework_output`: it drops those lines from the process's standard
+error (file descriptor 2, so C++ and child processes are covered) and keeps every
+other line. ``mvit3 --verbose`` shows everything; the library never hides output.
+
+This module lives outside the ``mvit3_keras`` package on purpose: importing any
+part of the package imports TensorFlow, which prints its notices at once, so the
+filter must start before that import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+import threading
+import warnings
+
+# Lines that carry no information for a user of the CLI (checked on TF 2.21 / LiteRT 2.3).
+HARMLESS = tuple(
+    re.compile(p)
+    for p in (
+        r"All log messages before absl::InitializeLog\(\) is called",
+        r"cudart_stub\.cc.*Could not find cuda drivers",
+        r"cuda_platform\.cc.*failed call to cuInit",
+        r"Unable to register cu(DNN|FFT|BLAS) factory",
+        r"computation placer already registered",
+        r"TF-TRT Warning: Could not find TensorRT",
+        r"oneDNN custom operations are on",
+        r"This TensorFlow binary is optimized to use available CPU instructions",
+        r"To enable the following instructions: .* rebuild TensorFlow",
+        r"Statistics for quantized inputs were expected",
+        r"Ignored output_format\.",
+        r"Ignored drop_control_dependency\.",
+        r"Created TensorFlow Lite XNNPACK delegate for CPU",
+        r"INFO: Initialized TensorFlow Lite runtime",
+        r"fully_quantize: 0, inference_type: 6, input_inference_type",
+        r"Assume axis of per-channel quantization",
+        r"Please consider providing the trackable_obj argument",
+        r"tf\.lite\.Interpreter is deprecated",
+        r"TensorFlow Lite Python Interpreter is deprecated",
+        r"triggered tf\.function retracing",
+        r"Skipping variable loading for optimizer",
+        r"Your `PyDataset` class should call",
+        r"^\s*warnings\.warn\(\s*$",
+        r"^\s*$",
+    )
+)
+
+
+def is_harmless(line: str) -> bool:
+    return any(p.search(line) for p in HARMLESS)
+
+
+class _StderrLineFilter:
+    """Route file descriptor 2 through a pipe; forward the lines that are not harmless."""
+
+    def __init__(self):
+        self._saved = None
+        self._thread = None
+
+    def start(self):
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self._thread = threading.Thread(target=self._forward, args=(read_end,), daemon=True)
+        self._thread.start()
+
+    def _forward(self, read_end: int):
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(self._saved, "wb", closefd=False) as out:
+            for raw in pipe:
+                if not is_harmless(raw.decode("utf-8", "replace")):
+                    out.write(raw)
+                    out.flush()
+
+    def stop(self):
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # closes the pipe's last write end: the reader drains and ends
+        self._thread.join(timeout=5)
+        os.close(self._saved)
+
+
+@contextlib.contextmanager
+def framework_output(verbose: bool = False):
+    """Inside: framework notices of :data:`HARMLESS` are dropped (all kept when ``verbose``)."""
+    if verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0")
+        yield
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    line_filter = _StderrLineFilter()
+    line_filter.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*triggered tf.function retracing")
+            _quiet_python_loggers()
+            yield
+    finally:
+        line_filter.stop()
+
+
+def main(argv=None) -> int:
+    """``mvit3 [--verbose] COMMAND ...``: runs :func:`mvit3_keras.cli.main` behind the filter."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    with framework_output(verbose="--verbose" in argv):  # known before parsing: imports print
+        from mvit3_keras.cli import main as cli_main
+        from mvit3_keras.progress import ProgressHandler, logger
+
+        logger.addHandler(ProgressHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # absl's root handler would print every record again
+        return cli_main(argv)
+
+
+def _quiet_python_loggers():
+    """absl and TensorFlow's Python loggers: errors only (their warnings are in HARMLESS)."""
+    for name in ("absl", "tensorflow", "h5py"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
