@@ -61,6 +61,7 @@ def test_unknown_dataset_is_one_line(tmp_path, capsys):
     rc = main(["train", "--model", "mobilevitv3_xxs", "--dataset", UNKNOWN, "--output", str(out)])
     assert rc == 2
     _check_unknown_dataset(_error_line(capsys.readouterr().err, "train"))
+    assert not out.exists(), "a failed command leaves no output folder behind"
 
 
 def test_missing_torch_names_the_extra(tmp_path, capsys, monkeypatch):
@@ -210,6 +211,7 @@ def test_plain_install_bad_input_is_one_line(plain_venv):
     )
     assert proc.returncode == 2, proc.stderr[-3000:]
     _check_unknown_dataset(_error_line(proc.stderr, "train"))
+    assert not (work / "bad").exists(), "a failed command leaves no output folder behind"
 
     (work / "ckpt.pt").write_bytes(b"not read: PyTorch is missing")
     proc = _run(

@@ -13,7 +13,7 @@ keras = pytest.importorskip("keras")
 from training import callbacks as cb  # noqa: E402
 from training.loop import RunConflictError, TrainConfig, evaluate, train  # noqa: E402
 
-TINY = ["runtime.max_val_examples=32", "runtime.verbose=2", "runtime.tensorboard=false"]
+TINY = ["runtime.max_val_examples=32", "runtime.tensorboard=false"]
 
 
 def _config(out, **kw):
@@ -32,8 +32,14 @@ def _config(out, **kw):
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
+    import contextlib
+    import io
+
     out = tmp_path_factory.mktemp("tiny") / "run"
-    summary = train(_config(out))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # the default output: one line per epoch
+        summary = train(_config(out, epochs=2))
+    summary["printed"] = printed.getvalue()
     return out, summary
 
 
@@ -50,10 +56,29 @@ def test_run_outputs(tiny_run):
         "backup/state.json",
     ):
         assert (out / name).exists(), name
-    assert s["status"] == "complete" and s["epochs_run"] == 1 and s["weights_evaluated"] == "ema"
+    assert s["status"] == "complete" and s["epochs_run"] == 2 and s["weights_evaluated"] == "ema"
     assert set(s["final"]) >= {"loss", "top1", "top5"} and s["wall_time_s"] > 0
+    assert set(s["final_raw"]) >= {"loss", "top1", "top5"}  # the raw weights, evaluated too
+    assert s["best"]["weights"] in ("ema", "raw") and s["best"]["epoch"] in (1, 2)
+    assert s["best"]["value"] == max(s["best"]["candidates"].values())
+    assert s["ema"]["warmup"] == {"gamma": 1.0, "power": pytest.approx(2 / 3)}
+    # 2 epochs x 2 steps: the last update is step 3: min(0.99, 1 - 4 ** (-2/3))
+    assert s["ema"]["decay_at_last_step"] == pytest.approx(1 - 4 ** (-2 / 3), abs=1e-6)
+    rows = cb.read_csv(str(out / "history.csv"))
+    assert {"val_top1", "val_top1_raw", "ema_decay", "learning_rate"} <= set(rows[-1])
+    assert rows[-1]["val_top1"] == pytest.approx(s["final"]["top1"])
+    assert rows[-1]["val_top1_raw"] == pytest.approx(s["final_raw"]["top1"])
     model = keras.models.load_model(out / "final.keras")  # an inference model, no optimizer
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
+
+
+def test_default_output_is_one_line_per_epoch(tiny_run):
+    printed = tiny_run[1]["printed"].splitlines()
+    epochs = [line for line in printed if line.startswith("epoch ")]
+    assert [line.split()[1] for line in epochs] == ["1/2", "2/2"], printed
+    assert all("val top1 ema" in line and " raw " in line and " lr " in line for line in epochs)
+    assert not any("/step" in line for line in printed)  # no Keras progress bar
+    assert any(line.startswith("best val top1 (best.keras)") for line in printed)
 
 
 def test_evaluate_ema_raw_best(tiny_run):
@@ -61,8 +86,10 @@ def test_evaluate_ema_raw_best(tiny_run):
     ema = evaluate(str(out), weights="ema")
     assert ema["top1"] == pytest.approx(s["final"]["top1"], abs=1e-6)
     raw = evaluate(str(out), weights="raw")
+    assert raw["top1"] == pytest.approx(s["final_raw"]["top1"], abs=1e-6)
     best = evaluate(str(out), weights="best")
-    assert 0 <= raw["top1"] <= 1 and 0 <= best["top1"] <= 1
+    if s["best"]["epoch"] == s["epochs_run"]:  # the best is one of the final weights
+        assert best["top1"] == pytest.approx(s["best"]["value"], abs=1e-6)
     model_file = evaluate(str(out / "final.keras"), dataset="demo", limit=32)
     assert model_file["top1"] == pytest.approx(ema["top1"], abs=1e-6)
 
@@ -169,26 +196,114 @@ def test_bad_input_errors(tmp_path, kwargs, match):
 def test_corrupted_backup_falls_back_then_errors(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.compile(optimizer=keras.optimizers.AdamW(use_ema=True), loss="mse")
+    model.optimizer.build(model.trainable_variables)  # as during training
     backup = tmp_path / "backup"
     callback = cb.AtomicBackupAndRestore(str(backup), keep=2)
     callback.set_model(model)
-    for epoch in (1, 2):
-        callback._current_epoch = epoch
-        callback._save_model()
+    for epoch in (0, 1):
+        callback.on_epoch_end(epoch)  # the backups after epochs 1 and 2
     state = json.loads((backup / "state.json").read_text())
     assert state["epoch"] == 2 and state["previous"][0]["epoch"] == 1
     (backup / "epoch-0002.weights.h5").write_bytes(b"garbage, as after a disk failure")
     restored = cb.AtomicBackupAndRestore(str(backup))
     restored.set_model(model)
-    restored.on_train_begin()
-    assert restored.restored_epoch == 1  # fell back to the previous backup
+    assert restored.restore() == 1  # fell back to the previous backup
     (backup / "epoch-0001.weights.h5").write_bytes(b"garbage")
     with pytest.raises(cb.CorruptCheckpointError, match="Nothing was deleted.*mv "):
-        restored.on_train_begin()
+        restored.restore()
     assert (backup / "epoch-0001.weights.h5").exists()  # nothing already trained is deleted
     (backup / "state.json").write_text("{not json")
     with pytest.raises(cb.CorruptCheckpointError, match="unreadable"):
         cb.read_backup_state(str(backup))
+
+
+def _ema_model():
+    from training import optimizers
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dense(2)])
+    opt = optimizers.LRMultiplierAdamW(
+        learning_rate=0.05, use_ema=True, ema_momentum=0.99, ema_warmup={"gamma": 1, "power": 2 / 3}
+    )
+    model.compile(optimizer=opt, loss="mse", metrics=["mae"])
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    model.fit(x, x[:, :2], batch_size=4, epochs=2, verbose=0, shuffle=False)
+    model.train_on_batch(x[:4], x[:4, :2])  # fit ends with the EMA weights in the model
+    return model, x
+
+
+def test_ema_swap_is_exact_and_export_picks_weights():
+    from mvit3_keras import compat
+
+    model, _ = _ema_model()
+    raw = [w.copy() for w in model.get_weights()]
+    pairs = compat.ema_pairs(model.optimizer)
+    averages = [keras.ops.convert_to_numpy(a) for _, a in pairs]
+    assert not all(
+        np.array_equal(keras.ops.convert_to_numpy(v), a) for (v, _), a in zip(pairs, averages)
+    )
+    with cb.ema_weights(model):
+        for (var, _), avg in zip(pairs, averages):
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(var), avg)
+    for before, after in zip(raw, model.get_weights()):
+        np.testing.assert_array_equal(before, after)  # bit-exact, unlike SwapEMAWeights
+    ema_values = cb.weights_values(model, "ema")
+    assert len(ema_values) == len(raw)
+    np.testing.assert_array_equal(ema_values[0], averages[0])
+    assert all(np.array_equal(a, b) for a, b in zip(cb.weights_values(model, "raw"), raw))
+
+
+def test_ema_evaluation_and_best_checkpoint_keep_the_better_weights(tmp_path):
+    model, x = _ema_model()
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x, x[:, :2])).batch(8)
+    logs = {"loss": 1.0, "val_loss": 0.5, "val_mae": 0.4}
+    evaluation = cb.EMAEvaluation(ds)
+    evaluation.set_model(model)
+    evaluation.on_epoch_end(0, logs)
+    assert logs["val_loss_raw"] == 0.5 and logs["val_mae_raw"] == 0.4
+    with cb.ema_weights(model):
+        expected = model.evaluate(ds, verbose=0, return_dict=True)
+    assert logs["val_mae"] == pytest.approx(expected["mae"])
+
+    saved = []
+
+    def export(path, which):
+        saved.append(which)
+        open(path, "w").close()
+
+    path = str(tmp_path / "best.keras")
+    best = cb.BestCheckpoint(path, export, {"ema": "val_top1", "raw": "val_top1_raw"})
+    for epoch, (ema, raw) in enumerate([(0.5, 0.6), (0.7, 0.65), (0.6, 0.6), (0.7, 0.7)]):
+        best.on_epoch_end(epoch, {"val_top1": ema, "val_top1_raw": raw})
+    assert saved == ["raw", "ema"]  # epoch 3 (0.6) and 4 (a tie at 0.7) are not better
+    info = json.loads((tmp_path / "best.keras.json").read_text())
+    assert info["weights"] == "ema" and info["epoch"] == 2 and info["value"] == 0.7
+    resumed = cb.BestCheckpoint(path, export, {"ema": "val_top1"})
+    resumed.on_epoch_end(4, {"val_top1": 0.69})
+    assert saved == ["raw", "ema"] and resumed.saved is None  # a resumed run keeps the better
+
+
+def test_epoch_line():
+    line = cb.EpochLine(epochs=4, steps=22)
+    line.on_epoch_begin(1)
+    logs = {"loss": 0.97, "top1": 0.82, "val_top1": 0.94, "val_top1_raw": 0.91}
+    text = line.format(1, {**logs, "learning_rate": 0.0023, "epoch_time": 35.4})
+    assert text == (
+        "epoch 2/4  loss 0.9700  top1 0.8200  val top1 ema 0.9400 raw 0.9100  lr 2.30e-03  35.4 s"
+    )
+
+
+def test_verbose_flag_before_or_after_the_command():
+    from mvit3_keras.cli import build_parser
+
+    parser = build_parser()
+    base = ["train", "--model", "mobilevitv3_xxs", "--dataset", "demo"]
+    assert parser.parse_args(["--verbose", *base]).verbose is True
+    assert parser.parse_args([*base, "--verbose"]).verbose is True
+    assert parser.parse_args(base).verbose is False
+    assert parser.parse_args(["evaluate", "run", "--verbose"]).verbose is True
 
 
 def test_csv_repair_drops_partial_and_rerun_rows(tmp_path):

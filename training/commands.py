@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 
 
 def register(subparsers) -> None:
@@ -60,6 +62,13 @@ def register(subparsers) -> None:
     p.add_argument(
         "--manual-dir", default=None, help="TFDS manual_dir (imagenet2012 tars, VOCdevkit)"
     )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keeps `mvit3 --verbose train` (the global flag)
+        help="Keras' own progress bar and every framework warning/log (default: one line "
+        "per epoch and a summary)",
+    )
     p.set_defaults(handler=_cmd_train)
 
     p = subparsers.add_parser("evaluate", help="evaluate a run folder or a .keras model on a split")
@@ -78,6 +87,12 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--manual-dir", default=None)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="every framework warning/log",
+    )
     p.set_defaults(handler=_cmd_evaluate)
 
     p = subparsers.add_parser("recipes", help="list the official recipes or print one")
@@ -105,25 +120,41 @@ def _cmd_train(args) -> int:
         init=args.init,
         data_dir=args.data_dir,
         manual_dir=args.manual_dir,
+        verbose=bool(getattr(args, "verbose", False)),
     )
-    train(config)
+    try:
+        train(config)
+    except KeyboardInterrupt:  # every file is written atomically: nothing is half-written
+        print(
+            "\nmvit3 train: interrupted; the finished epochs are saved: run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
 def _cmd_evaluate(args) -> int:
+    import logging
+
     from training.loop import evaluate
 
-    result = evaluate(
-        args.target,
-        dataset=args.dataset,
-        split=args.split,
-        weights=args.weights,
-        task=args.task,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-    )
+    logger = logging.getLogger("mvit3")
+    was_disabled, logger.disabled = logger.disabled, logger.disabled or bool(args.json)
+    try:  # with --json stdout is the JSON document: no progress lines on it
+        result = evaluate(
+            args.target,
+            dataset=args.dataset,
+            split=args.split,
+            weights=args.weights,
+            task=args.task,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            data_dir=args.data_dir,
+            manual_dir=args.manual_dir,
+        )
+    finally:
+        logger.disabled = was_disabled
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -15,15 +15,22 @@
    (:mod:`training.optimizers`: AdamW / SGD, weight-decay exclusions, warmup +
    cosine, ``use_ema``, ``global_clipnorm``), loss and metrics; mixed precision
    (``mixed_float16`` on GPU, ``mixed_bfloat16`` on TPU) when the recipe asks for it;
-6. ``model.fit`` with the callbacks, in this order (it matters): ``CSVLogger``
-   (append) -> :class:`~training.callbacks.AtomicBackupAndRestore` (raw weights +
-   optimizer + EMA, every epoch) -> ``SwapEMAWeights(swap_on_epoch=True)`` (the
-   validation and the best checkpoint use the EMA weights) ->
-   :class:`~training.callbacks.AtomicModelCheckpoint` (``best.keras`` by val top-1 /
-   mIoU) -> ``TensorBoard``; progress bars are Keras' own;
+6. restores the newest backup (:class:`~training.callbacks.AtomicBackupAndRestore`:
+   raw weights + optimizer: LR schedule and EMA warm-up position, moments, EMA
+   weights) and runs ``model.fit`` from that epoch with the callbacks, in this order
+   (it matters): :class:`~training.callbacks.EpochStats` -> ``EMAEvaluation`` (Keras
+   validates the raw weights, this adds the EMA weights': ``val_*`` = EMA,
+   ``val_*_raw`` = raw, as ml-cvnets/timm validate both every epoch) -> ``CSVLogger``
+   (append) -> the backup (every epoch) -> :class:`~training.callbacks.BestCheckpoint`
+   (``best.keras``: the better of the raw and the EMA weights by val top-1 / mIoU,
+   which one recorded in ``best.keras.json``) -> ``TensorBoard`` ->
+   :class:`~training.callbacks.EpochLine` (one line per epoch; ``--verbose``: Keras'
+   progress bar instead);
 7. saves ``final.keras`` (EMA weights when EMA is on, the official
-   ``checkpoint_ema`` convention), evaluates it, writes ``summary.json``,
-   ``training_curves.png`` and prints a summary table.
+   ``checkpoint_ema`` convention: a fixed rule, so ``mvit3 evaluate --weights ema``
+   means the same thing for every run; the raw weights stay in the backup and the
+   better of the two is ``best.keras``), writes ``summary.json`` (final EMA and raw
+   metrics, best, the EMA rule), ``training_curves.png`` and prints a summary table.
 
 Output folder: ``run.json`` (the resolved configuration), ``backup/`` (resume
 state), ``history.csv``, ``logs/`` (TensorBoard), ``best.keras`` (+ ``.json``),
@@ -41,7 +48,7 @@ import time
 from typing import Optional
 
 from training import callbacks as cb
-from training import distribute, pipeline, recipes
+from training import distribute, optimizers, pipeline, recipes
 from training.datasets import open_dataset
 from training.recipes import get
 
@@ -71,6 +78,7 @@ class TrainConfig:
     init: Optional[str] = None
     data_dir: Optional[str] = None
     manual_dir: Optional[str] = None
+    verbose: bool = False  # Keras' progress bar instead of one line per epoch
 
 
 # ---------------------------------------------------------------------------------------
@@ -91,6 +99,8 @@ def resolve(config: TrainConfig) -> tuple:
             f"pick one of: {', '.join(recipes.list_recipes(config.task))}"
         )
     values = recipe.to_dict()
+    # the EMA warm-up (training.optimizers) is recorded with the recipe's values
+    values["ema"] = {**optimizers.EMA_WARMUP_DEFAULTS, **values.get("ema", {})}
     values = recipes.merge(values, recipes.parse_overrides(config.overrides, values))
     if config.epochs is not None:
         values["scheduler"]["max_epochs"] = int(config.epochs)
@@ -227,10 +237,11 @@ def model_builder(config: TrainConfig, values: dict, num_classes: int, ignore_in
     return build
 
 
-def export_model(model, build, input_shape, task):
-    """An inference model (no optimizer, no aux head) carrying ``model``'s current weights."""
+def export_model(model, build, input_shape, task, weights: str = "raw"):
+    """An inference model (no optimizer, no aux head) carrying ``model``'s raw weights or
+    (``weights="ema"``) their EMA averages."""
     clean = build(input_shape)
-    clean.set_weights(model.get_weights())
+    clean.set_weights(cb.weights_values(model, weights))
     if task == "segmentation" and hasattr(clean, "inference_model"):
         clean = clean.inference_model()
     return clean
@@ -426,38 +437,6 @@ def compile_model(model, values, *, task, total_steps, num_classes, ignore_index
     return optimizer
 
 
-def _prebuild_for_multiworker(model, strategy, train_ds) -> None:
-    """Work around Keras 3.15 under MultiWorkerMirroredStrategy: ``fit`` builds the
-    metrics from the first distributed batch with an eager cross-worker
-    ``strategy.reduce`` that fails ("Attempt to convert a value (PerReplica...)").
-    Build them here from a local batch's shapes and skip that step."""
-    x, y = next(iter(train_ds.take(1)))
-    with strategy.scope():
-        model._symbolic_build(data_batch=(x, y, None))
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    # and its step outputs (scalar logs) are reduced with ``reduce("MEAN", v, axis=0)``,
-    # which fails on scalars: reduce scalars across replicas with axis=None instead.
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer as tf_trainer
-
-    original = getattr(tf_trainer, "_mvit3_original_reduce", tf_trainer.reduce_per_replica)
-
-    def reduce_per_replica(values, strat, reduction):
-        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strat):
-
-            def one(v):
-                rank = getattr(v, "shape", None)
-                if rank is not None and len(rank) == 0:
-                    return strat.reduce("MEAN", v, axis=None)
-                return original(v, strat, reduction)
-
-            return tree.map_structure(one, values)
-        return original(values, strat, reduction)
-
-    tf_trainer._mvit3_original_reduce = original
-    tf_trainer.reduce_per_replica = reduce_per_replica
-
-
 def _has_tensorboard() -> bool:
     try:
         import tensorboard  # noqa: F401
@@ -474,13 +453,93 @@ def _monitor(task):
 # ---------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class _Run:
+    """What the steps of :func:`train` share."""
+
+    config: TrainConfig
+    recipe: object
+    values: dict
+    image_size: int
+    strategy: object
+    replicas: int
+    chief: bool
+    output: str
+    write_dir: str
+    source: object
+    epochs: int = 0
+    steps: int = 0
+    per_replica: int = 0
+    policy: Optional[str] = None
+    initial_epoch: int = 0
+    export_shape: tuple = ()
+
+    def file(self, name: str) -> str:
+        return os.path.join(self.write_dir, name)
+
+
 def train(config: TrainConfig) -> dict:
+    """Train as described in the module docstring; returns the summary (``summary.json``)."""
     import keras
     import tensorflow as tf
 
     if os.environ.get("MVIT3_DEBUG"):
         keras.config.disable_traceback_filtering()
     start = time.time()
+    run = _open_run(config)
+    if isinstance(run, dict):  # the run in the folder is complete
+        return run
+    values = run.values
+    backup_dir = run.file("backup")
+    cb.remove_stale_temporaries(run.write_dir, backup_dir)
+    state = cb.read_backup_state(backup_dir)  # raises a clear error when unreadable
+    seed = int(get(values, "runtime.seed", 0))
+    keras.utils.set_random_seed(seed + (int(state["epoch"]) if state else 0))
+    run.policy = _mixed_precision(values)
+    run.epochs = int(values["scheduler"]["max_epochs"])
+    run.per_replica = int(values["dataset"]["train_batch_size0"])
+    run.steps = pipeline.train_steps_per_epoch(
+        values,
+        run.source,
+        per_replica_batch=run.per_replica,
+        replicas=run.replicas,
+        image_size=run.image_size,
+        task=config.task,
+    )
+    model, build, init_report = _build_model(run, from_init=state is None)
+    backup = cb.AtomicBackupAndRestore(
+        backup_dir, keep=int(get(values, "runtime.keep_checkpoints", 2))
+    )
+    backup.set_model(model)
+    with run.strategy.scope():
+        run.initial_epoch = backup.restore()
+    train_ds, val_ds = _datasets(run)
+    export_to = _exporter(model, build, run.export_shape, config.task)
+    callbacks, keras_verbose = _callbacks(run, model, backup, export_to, val_ds)
+    _print_header(run)
+    if isinstance(run.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        from mvit3_keras import compat
+
+        compat.prebuild_for_multiworker(model, run.strategy, train_ds)
+    fit_start = time.time()
+    model.fit(
+        train_ds,
+        epochs=run.epochs,
+        initial_epoch=run.initial_epoch,
+        steps_per_epoch=run.steps,
+        validation_data=val_ds,
+        validation_steps=get(values, "runtime.validation_steps"),
+        callbacks=callbacks,
+        verbose=keras_verbose,
+        shuffle=False,  # the tf.data pipeline shuffles
+    )
+    fit_time = time.time() - fit_start
+    return _finish(run, model, export_to, val_ds, init_report, start, fit_time)
+
+
+def _open_run(config: TrainConfig):
+    """Resolve, check and claim the output folder: a :class:`_Run`, or the summary of a
+    complete run."""
     recipe, values, image_size = resolve(config)
     strategy = distribute.make_strategy(config.strategy, get(values, "runtime.tpu"))
     replicas = int(strategy.num_replicas_in_sync)
@@ -490,82 +549,43 @@ def train(config: TrainConfig) -> dict:
     )
     # non-chief workers keep their (identical) backups and logs in a scratch folder
     write_dir = output if chief else os.path.join(output, f".worker-{distribute.worker_index()}")
-    os.makedirs(write_dir, exist_ok=True)
-
-    summary_path = os.path.join(output, SUMMARY_FILE)
-    source = open_dataset(
+    source = open_dataset(  # before the folder exists: a bad name leaves nothing behind
         config.dataset,
         config.task,
         data_dir=config.data_dir,
         manual_dir=config.manual_dir,
         image_size=image_size,
     )
+    os.makedirs(write_dir, exist_ok=True)
     record = _run_record(config, recipe, values, image_size, replicas, source)
     _check_run_folder(output, record)
-    if os.path.exists(summary_path):
-        with open(summary_path, encoding="utf-8") as f:
-            done = json.load(f)
-        if done.get("status") == "complete":
-            print(f"run in {output} is complete; nothing to do (summary: {summary_path})")
-            return done
+    summary_path = os.path.join(output, SUMMARY_FILE)
+    done = cb.read_json(summary_path)
+    if done.get("status") == "complete":
+        print(f"run in {output} is complete; nothing to do (summary: {summary_path})")
+        return done
     if chief:
         from mvit3_keras.io_utils import atomic_write_text
 
         atomic_write_text(os.path.join(output, RUN_FILE), json.dumps(record, indent=2))
+    return _Run(
+        config, recipe, values, image_size, strategy, replicas, chief, output, write_dir, source
+    )
 
-    backup_dir = os.path.join(write_dir, "backup")
-    cb.remove_stale_temporaries(write_dir, backup_dir)
-    state = cb.read_backup_state(backup_dir)  # raises a clear error when unreadable
-    initial_epoch = int(state["epoch"]) if state else 0
-    epochs = int(values["scheduler"]["max_epochs"])
-    per_replica = int(values["dataset"]["train_batch_size0"])
-    val_batch = int(values["dataset"].get("val_batch_size0", per_replica)) * replicas
-    seed = int(get(values, "runtime.seed", 0))
-    keras.utils.set_random_seed(seed + initial_epoch)
-    policy = _mixed_precision(values)
 
-    steps = pipeline.train_steps_per_epoch(
-        values,
-        source,
-        per_replica_batch=per_replica,
-        replicas=replicas,
-        image_size=image_size,
-        task=config.task,
-    )
-    total_steps = steps * epochs
-    build_ds = (
-        pipeline.classification_train
-        if config.task == "classification"
-        else pipeline.segmentation_train
-    )
-    train_ds = build_ds(
-        source,
-        values,
-        image_size=image_size,
-        per_replica_batch=per_replica,
-        replicas=replicas,
-        seed=seed,
-        epoch_offset=initial_epoch,
-    )
-    build_val = (
-        pipeline.classification_eval
-        if config.task == "classification"
-        else pipeline.segmentation_eval
-    )
-    val_ds = build_val(source, values, image_size=image_size, batch_size=val_batch)
-    vsteps = get(values, "runtime.validation_steps")
-
+def _build_model(run: _Run, from_init: bool):
+    """The training model (in the strategy scope), initialised from ``--init`` on a fresh
+    run, compiled with the recipe's optimizer: ``(model, build, init_report)``."""
+    config, values, source = run.config, run.values, run.source
     variable = pipeline.uses_variable_batch(values, config.task)
-    train_shape = (None, None, 3) if variable else (image_size, image_size, 3)
-    export_shape = (image_size, image_size, 3)
+    train_shape = (None, None, 3) if variable else (run.image_size, run.image_size, 3)
     if config.task == "segmentation":
         train_shape = (None, None, 3)  # evaluation size may differ from the crop
-        export_shape = pipeline.segmentation_eval_size(values, image_size) + (3,)
     build = model_builder(config, values, source.num_classes, source.ignore_index)
-    with strategy.scope():
+    init_report = None
+    with run.strategy.scope():
         model = build(train_shape)
-        init_report = None
-        if config.init and initial_epoch == 0:
+        if config.init and from_init:
             init_report = load_init(
                 model,
                 config.init,
@@ -577,152 +597,200 @@ def train(config: TrainConfig) -> dict:
             model,
             values,
             task=config.task,
-            total_steps=total_steps,
+            total_steps=run.steps * run.epochs,
             num_classes=source.num_classes,
             ignore_index=source.ignore_index,
         )
-    monitor, metric = _monitor(config.task)
-    use_ema = bool(get(values, "ema.enable", False))
+    return model, build, init_report
 
-    def export_to(path):
-        clean = export_model(model, build, export_shape, config.task)
+
+def _datasets(run: _Run):
+    """``(train_ds, val_ds)`` (and ``run.export_shape``); the training order continues at the
+    resumed epoch."""
+    values, classification = run.values, run.config.task == "classification"
+    build_ds = pipeline.classification_train if classification else pipeline.segmentation_train
+    train_ds = build_ds(
+        run.source,
+        values,
+        image_size=run.image_size,
+        per_replica_batch=run.per_replica,
+        replicas=run.replicas,
+        seed=int(get(values, "runtime.seed", 0)),
+        epoch_offset=run.initial_epoch,
+    )
+    build_val = pipeline.classification_eval if classification else pipeline.segmentation_eval
+    val_batch = int(values["dataset"].get("val_batch_size0", run.per_replica)) * run.replicas
+    val_ds = build_val(run.source, values, image_size=run.image_size, batch_size=val_batch)
+    run.export_shape = (run.image_size, run.image_size, 3)
+    if not classification:
+        run.export_shape = pipeline.segmentation_eval_size(values, run.image_size) + (3,)
+    return train_ds, val_ds
+
+
+def _exporter(model, build, export_shape, task):
+    """``export_to(path or None, which="ema"|"raw")``: save an inference model with the
+    raw or the EMA weights (``None``: build it only, for the collective ops of non-chief
+    workers)."""
+
+    def export_to(path, which="raw"):
+        clean = export_model(model, build, export_shape, task, weights=which)
         if path is not None:
             clean.save(path)
 
-    history_csv = os.path.join(write_dir, "history.csv")
-    cb.repair_csv(history_csv, initial_epoch)
-    callbacks = [
-        cb.EpochStats(),
-        keras.callbacks.CSVLogger(history_csv, append=True),
-        cb.AtomicBackupAndRestore(backup_dir, keep=int(get(values, "runtime.keep_checkpoints", 2))),
-    ]
+    return export_to
+
+
+def _callbacks(run: _Run, model, backup, export_to, val_ds):
+    """The callbacks of ``fit``, in order (it matters: each sees the logs the previous ones
+    added), and Keras' own ``verbose`` (0 unless ``--verbose`` / ``runtime.verbose`` 1|2)."""
+    import keras
+
+    values = run.values
+    monitor, metric = _monitor(run.config.task)
+    use_ema = bool(get(values, "ema.enable", False))
+    history_csv = run.file("history.csv")
+    cb.repair_csv(history_csv, run.initial_epoch)
+    candidates = {"ema": monitor, "raw": monitor + "_raw"} if use_ema else {"raw": monitor}
+    best = cb.BestCheckpoint(run.file("best.keras"), export_to, candidates, write=run.chief)
+    callbacks = [cb.EpochStats()]
     if use_ema:
-        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
-    callbacks.append(
-        cb.AtomicModelCheckpoint(
-            os.path.join(write_dir, "best.keras"),
-            export_to,
-            monitor=monitor,
-            mode="max",
-            write=chief,
-        )
-    )
+        callbacks.append(cb.EMAEvaluation(val_ds, get(values, "runtime.validation_steps")))
+    callbacks += [keras.callbacks.CSVLogger(history_csv, append=True), backup, best]
     if get(values, "runtime.tensorboard", True) and _has_tensorboard():
         callbacks.append(
-            keras.callbacks.TensorBoard(
-                os.path.join(write_dir, "logs"), write_graph=False, update_freq="epoch"
-            )
+            keras.callbacks.TensorBoard(run.file("logs"), write_graph=False, update_freq="epoch")
         )
-    verbose = get(values, "runtime.verbose", 1)
-    if verbose == "auto":
-        verbose = 1 if sys.stdout.isatty() else 2
+    keras_verbose = _keras_verbose(run.config, values)
+    if keras_verbose == 0 and run.chief and get(values, "runtime.verbose", "auto") != 0:
+        line = cb.EpochLine(run.epochs, run.steps, metric)
+        line.best = best
+        callbacks.append(line)
+    return callbacks, keras_verbose
 
-    if chief:
-        print(
-            f"training {config.model} on {source.description} ({source.num_classes} classes): "
-            f"recipe {recipe.name}, {epochs} epochs x {steps} steps, batch {per_replica}/replica "
-            f"x {replicas} = {per_replica * replicas} global, image {image_size}, "
-            f"{distribute.describe(strategy)}"
-            + (f", {policy}" if policy else "")
-            + (f"; resuming after epoch {initial_epoch}" if initial_epoch else "")
-        )
-    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _prebuild_for_multiworker(model, strategy, train_ds)
-    fit_start = time.time()
-    model.fit(
-        train_ds,
-        epochs=epochs,
-        steps_per_epoch=steps,
-        validation_data=val_ds,
-        validation_steps=vsteps,
-        callbacks=callbacks,
-        verbose=verbose,
+
+def _keras_verbose(config: TrainConfig, values: dict) -> int:
+    """Keras' progress output: ``--verbose`` -> its progress bar (one line per epoch
+    when not on a terminal); ``runtime.verbose`` 1 or 2 -> that; else 0 (our one line per
+    epoch, :class:`training.callbacks.EpochLine`)."""
+    if config.verbose:
+        return 1 if sys.stdout.isatty() else 2
+    wanted = get(values, "runtime.verbose", "auto")
+    return int(wanted) if wanted in (1, 2, "1", "2") else 0
+
+
+def _print_header(run: _Run) -> None:
+    if not run.chief:
+        return
+    config, source = run.config, run.source
+    print(
+        f"training {config.model} on {source.description} ({source.num_classes} classes): "
+        f"recipe {run.recipe.name}, {run.epochs} epochs x {run.steps} steps, batch "
+        f"{run.per_replica}/replica x {run.replicas} = {run.per_replica * run.replicas} global, "
+        f"image {run.image_size}, {distribute.describe(run.strategy)}"
+        + (f", {run.policy}" if run.policy else "")
+        + (f"; resuming after epoch {run.initial_epoch}" if run.initial_epoch else ""),
+        flush=True,
     )
-    fit_time = time.time() - fit_start
 
-    # -- final model (EMA weights after SwapEMAWeights' finalisation), evaluation ---------
-    final_path = os.path.join(write_dir, "final.keras")
-    if chief:
+
+def _finish(run: _Run, model, export_to, val_ds, init_report, start, fit_time) -> dict:
+    """Save ``final.keras`` (the EMA weights when EMA is on: the official ``checkpoint_ema``
+    convention; the raw ones stay in the backup), write ``summary.json`` and the curves,
+    print the summary."""
+    use_ema = cb.uses_ema(model)
+    final_path = run.file("final.keras")
+    which = "ema" if use_ema else "raw"
+    if run.chief:
         from mvit3_keras.io_utils import atomic_path
 
         with atomic_path(final_path) as tmp:
-            export_to(tmp)
+            export_to(tmp, which)
     else:
-        export_to(None)
-    final_metrics = model.evaluate(val_ds, steps=vsteps, verbose=0, return_dict=True)
-    rows = cb.read_csv(history_csv)
-    best = {}
-    info_path = os.path.join(write_dir, "best.keras.json")
-    if os.path.exists(info_path):
-        with open(info_path, encoding="utf-8") as f:
-            best = json.load(f)
+        export_to(None, which)
+    rows = cb.read_csv(run.file("history.csv"))
+    final, final_raw = _final_metrics(run, model, val_ds, rows, use_ema)
+    summary = _summary(run, model, rows, final, final_raw, init_report)
+    summary.update(this_invocation_s=round(time.time() - start, 1), fit_time_s=round(fit_time, 1))
+    if run.chief:
+        from training import report
+
+        _, metric = _monitor(run.config.task)
+        report.plot_curves(rows, summary["files"]["curves"], metric)
+        report.write_summary(os.path.join(run.output, SUMMARY_FILE), summary)
+        print(report.format_table(report.summary_rows(summary, metric), "training summary"))
+    return summary
+
+
+def _final_metrics(run: _Run, model, val_ds, rows, use_ema):
+    """Validation metrics of the final EMA and raw weights: those of the last epoch in the
+    history (the weights have not changed since); evaluated when the history lacks them."""
+    last = rows[-1] if rows and int(rows[-1]["epoch"]) == run.epochs - 1 else {}
+    final = {k[4:]: v for k, v in last.items() if k.startswith("val_") and not k.endswith("_raw")}
+    final_raw = {k[4:-4]: v for k, v in last.items() if k.startswith("val_") and k.endswith("_raw")}
+    steps = get(run.values, "runtime.validation_steps")
+    if not final:  # e.g. a history lost with its folder: evaluate (the model holds `which`)
+        result = model.evaluate(val_ds, steps=steps, verbose=0, return_dict=True)
+        final = {k: float(v) for k, v in result.items()}
+    if not use_ema:
+        return final, None
+    return final, final_raw or None
+
+
+def _summary(run: _Run, model, rows, final, final_raw, init_report) -> dict:
+    from training import optimizers
+
+    values, config = run.values, run.config
+    use_ema = cb.uses_ema(model)
     wall = sum(r.get("epoch_time", 0.0) for r in rows)
-    summary = {
+    ema = {"enable": use_ema}
+    if use_ema:
+        decay = 1.0 - float(get(values, "ema.momentum", 0.0005))
+        warmup = optimizers.ema_warmup_config(values)
+        last_step = run.epochs * run.steps - 1
+        ema.update(
+            decay=decay,
+            warmup=warmup,
+            rule=optimizers.EMA_RULE if warmup else "Keras: 0 at step 0, then `decay`",
+            decay_at_last_step=round(optimizers.ema_decay_at(last_step, decay, warmup), 6),
+            averages="trainable variables (BatchNorm moving statistics: the raw model's)",
+        )
+    return {
         "status": "complete",
         "model": config.model,
         "task": config.task,
-        "dataset": source.description,
-        "recipe": recipe.name,
-        "image_size": image_size,
-        "num_classes": source.num_classes,
-        "epochs": epochs,
+        "dataset": run.source.description,
+        "recipe": run.recipe.name,
+        "image_size": run.image_size,
+        "num_classes": run.source.num_classes,
+        "epochs": run.epochs,
         "epochs_run": len(rows),
-        "resumed_from_epoch": initial_epoch,
-        "steps_per_epoch": steps,
-        "batch_per_replica": per_replica,
-        "global_batch": per_replica * replicas,
-        "replicas": replicas,
-        "strategy": distribute.describe(strategy),
-        "mixed_precision": policy,
-        "weights_evaluated": "ema" if use_ema else "raw",
-        "final": {k: float(v) for k, v in final_metrics.items()},
-        "best": best,
+        "resumed_from_epoch": run.initial_epoch,
+        "steps_per_epoch": run.steps,
+        "batch_per_replica": run.per_replica,
+        "global_batch": run.per_replica * run.replicas,
+        "replicas": run.replicas,
+        "strategy": distribute.describe(run.strategy),
+        "mixed_precision": run.policy,
+        "weights_evaluated": "ema" if use_ema else "raw",  # final.keras / "final"
+        "final": final,
+        "final_raw": final_raw,
+        "best": cb.read_json(run.file("best.keras.json")),
+        "ema": ema,
         "wall_time_s": round(wall, 1),
-        "this_invocation_s": round(time.time() - start, 1),
-        "fit_time_s": round(fit_time, 1),
         "init": config.init,
         "init_report": {
             k: (len(v) if isinstance(v, list) else v) for k, v in (init_report or {}).items()
         },
         "files": {
-            "final_model": final_path,
-            "best_model": os.path.join(write_dir, "best.keras"),
-            "history": history_csv,
-            "curves": os.path.join(write_dir, "training_curves.png"),
-            "tensorboard": os.path.join(write_dir, "logs"),
+            "final_model": run.file("final.keras"),
+            "best_model": run.file("best.keras"),
+            "history": run.file("history.csv"),
+            "curves": run.file("training_curves.png"),
+            "tensorboard": run.file("logs"),
         },
-        "eval_split": source.val_split,
-        "eval_image_size": list(export_shape[:2]),
+        "eval_split": run.source.val_split,
+        "eval_image_size": list(run.export_shape[:2]),
     }
-    if chief:
-        from training import report
-
-        report.plot_curves(rows, summary["files"]["curves"], metric)
-        report.write_summary(summary_path, summary)
-        table = [
-            ("model", config.model),
-            ("dataset", source.description),
-            ("recipe", recipe.name),
-            (
-                "epochs",
-                f"{len(rows)} (resumed after {initial_epoch})" if initial_epoch else len(rows),
-            ),
-            ("global batch", per_replica * replicas),
-            ("strategy", distribute.describe(strategy)),
-            (
-                f"final val {metric} ({summary['weights_evaluated']} weights)",
-                summary["final"].get(metric, float("nan")),
-            ),
-            ("final val loss", summary["final"].get("loss", float("nan"))),
-            (
-                f"best val {metric}",
-                f"{best.get('value', float('nan')):.4f} (epoch {best.get('epoch', '-')})",
-            ),
-            ("wall time (all epochs)", f"{wall:.1f} s"),
-            ("output", output),
-        ]
-        print(report.format_table(table, "training summary"))
-    return summary
 
 
 # ---------------------------------------------------------------------------------------
@@ -741,62 +809,18 @@ def evaluate(
     manual_dir=None,
     limit: int | None = None,
 ) -> dict:
-    """Evaluate a run folder (``weights``: ``ema`` | ``raw`` | ``best``) or a ``.keras`` model."""
+    """Evaluate a run folder (``weights``: ``ema`` = ``final.keras``, or the EMA weights of
+    the last backup while the run is unfinished | ``raw`` = the last backup | ``best`` =
+    ``best.keras``, raw or EMA as recorded in ``best.keras.json``) or a ``.keras`` model.
+    Progress goes to the ``"mvit3"`` logger (:mod:`mvit3_keras.progress`; the CLI shows
+    it)."""
     import keras
 
+    opened = dict(data_dir=data_dir, manual_dir=manual_dir)
     if os.path.isdir(target):
-        run_path = os.path.join(target, RUN_FILE)
-        if not os.path.exists(run_path):
-            raise FileNotFoundError(f"{target!r} is not a training output folder (no {RUN_FILE})")
-        with open(run_path, encoding="utf-8") as f:
-            run = json.load(f)
-        values = run["values"]
-        task = run["task"]
-        image_size = image_size or run["image_size"]
-        dataset = dataset or run["dataset"]
-        config = TrainConfig(model=run["model"], dataset=dataset, task=task)
-        source = open_dataset(
-            dataset, task, data_dir=data_dir, manual_dir=manual_dir, image_size=image_size
+        model, values, task, source, image_size = _load_run_model(
+            target, weights, dataset, image_size, opened
         )
-        if weights not in ("ema", "raw", "best"):
-            raise ValueError(f"--weights must be ema, raw or best, got {weights!r}")
-        build = model_builder(config, values, source.num_classes, source.ignore_index)
-        if weights == "best" or (
-            weights == "ema" and os.path.exists(os.path.join(target, "final.keras"))
-        ):
-            path = os.path.join(target, "best.keras" if weights == "best" else "final.keras")
-            if not os.path.exists(path):
-                raise FileNotFoundError(f"{path} does not exist yet (no epoch finished?)")
-            model = keras.models.load_model(path, compile=False)
-            model = _compile_for_eval(model, values, task, source)
-        else:
-            backup = os.path.join(target, "backup")
-            state = cb.read_backup_state(backup)
-            if state is None:
-                raise FileNotFoundError(
-                    f"no backup in {backup!r}: the run has not finished an epoch"
-                )
-            model = build((None, None, 3))
-            compile_model(
-                model,
-                values,
-                task=task,
-                total_steps=1,
-                num_classes=source.num_classes,
-                ignore_index=source.ignore_index,
-            )
-            model.optimizer.build(model.trainable_variables)
-            model.load_weights(os.path.join(backup, state["weights"]))
-            if weights == "ema":
-                if not model.optimizer.use_ema:
-                    raise ValueError(
-                        "this run has no EMA weights (ema.enable false): use --weights raw"
-                    )
-                for var, avg in zip(
-                    model.optimizer._trainable_variables,
-                    model.optimizer._model_variables_moving_average,
-                ):
-                    var.assign(avg)
     else:
         if not os.path.exists(target):
             raise FileNotFoundError(f"{target!r}: no such model file or run folder")
@@ -811,25 +835,72 @@ def evaluate(
         values["image_augmentation"]["center_crop"] = {"enable": False}
         shape = model.input_shape
         image_size = image_size or (shape[1] if shape[1] else 256)
-        source = open_dataset(
-            dataset, task, data_dir=data_dir, manual_dir=manual_dir, image_size=image_size
-        )
+        source = open_dataset(dataset, task, image_size=image_size, **opened)
         model = _compile_for_eval(model, values, task, source)
-    batch = int(batch_size or 32)
-    if task == "classification":
-        ds = pipeline.classification_eval(
-            source, values, image_size=image_size, batch_size=batch, split=split, limit=limit
-        )
-    else:
-        ds = pipeline.segmentation_eval(
-            source, values, image_size=image_size, batch_size=batch, split=split, limit=limit
-        )
-    result = model.evaluate(ds, verbose=0, return_dict=True)
+    make_ds = (
+        pipeline.classification_eval if task == "classification" else pipeline.segmentation_eval
+    )
+    ds = make_ds(
+        source,
+        values,
+        image_size=image_size,
+        batch_size=int(batch_size or 32),
+        split=split,
+        limit=limit,
+    )
+    batches = int(ds.cardinality())
+    report = cb.ProgressReport(max(batches, 0), f"evaluating {weights} weights")
+    result = model.evaluate(ds, verbose=0, return_dict=True, callbacks=[report])
     return {
         "split": split or source.val_split,
         "weights": weights,
         **{k: float(v) for k, v in result.items()},
     }
+
+
+def _load_run_model(target, weights, dataset, image_size, opened):
+    """The compiled model of a run folder with the ``weights`` asked for:
+    ``(model, values, task, source, image_size)``."""
+    import keras
+
+    run_path = os.path.join(target, RUN_FILE)
+    if not os.path.exists(run_path):
+        raise FileNotFoundError(f"{target!r} is not a training output folder (no {RUN_FILE})")
+    if weights not in ("ema", "raw", "best"):
+        raise ValueError(f"--weights must be ema, raw or best, got {weights!r}")
+    with open(run_path, encoding="utf-8") as f:
+        run = json.load(f)
+    values, task = run["values"], run["task"]
+    image_size = image_size or run["image_size"]
+    dataset = dataset or run["dataset"]
+    source = open_dataset(dataset, task, image_size=image_size, **opened)
+    saved = os.path.join(target, "best.keras" if weights == "best" else "final.keras")
+    if weights == "best" or (weights == "ema" and os.path.exists(saved)):
+        if not os.path.exists(saved):
+            raise FileNotFoundError(f"{saved} does not exist yet (no epoch finished?)")
+        model = keras.models.load_model(saved, compile=False)
+        return _compile_for_eval(model, values, task, source), values, task, source, image_size
+    backup = os.path.join(target, "backup")
+    state = cb.read_backup_state(backup)
+    if state is None:
+        raise FileNotFoundError(f"no backup in {backup!r}: the run has not finished an epoch")
+    config = TrainConfig(model=run["model"], dataset=dataset, task=task)
+    model = model_builder(config, values, source.num_classes, source.ignore_index)((None, None, 3))
+    compile_model(
+        model,
+        values,
+        task=task,
+        total_steps=1,
+        num_classes=source.num_classes,
+        ignore_index=source.ignore_index,
+    )
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(os.path.join(backup, state["weights"]))
+    if weights == "ema":
+        if not cb.uses_ema(model):
+            raise ValueError("this run has no EMA weights (ema.enable false): use --weights raw")
+        model.set_weights(cb.weights_values(model, "ema"))
+    return model, values, task, source, image_size
 
 
 def _compile_for_eval(model, values, task, source):

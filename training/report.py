@@ -19,6 +19,53 @@ def format_table(rows: list, title: str = "") -> str:
     return "\n".join(lines)
 
 
+def summary_rows(summary: dict, metric: str) -> list:
+    """The rows of the final table printed by ``mvit3 train``."""
+    nan = float("nan")
+    epochs = summary["epochs_run"]
+    if summary.get("resumed_from_epoch"):
+        epochs = f"{epochs} (resumed after {summary['resumed_from_epoch']})"
+    best = summary.get("best") or {}
+    rows = [
+        ("model", summary["model"]),
+        ("dataset", summary["dataset"]),
+        ("recipe", summary["recipe"]),
+        ("epochs", epochs),
+        ("global batch", summary["global_batch"]),
+        ("strategy", summary["strategy"]),
+        (
+            f"final val {metric} ({summary['weights_evaluated']} weights, final.keras)",
+            summary["final"].get(metric, nan),
+        ),
+    ]
+    if summary.get("final_raw"):
+        rows.append(
+            (f"final val {metric} (raw weights, backup)", summary["final_raw"].get(metric, nan))
+        )
+    rows.append(("final val loss", summary["final"].get("loss", nan)))
+    rows.append(
+        (
+            f"best val {metric} (best.keras)",
+            f"{best.get('value', nan):.4f} ({best.get('weights', '-')} weights, "
+            f"epoch {best.get('epoch', '-')})",
+        )
+    )
+    ema = summary.get("ema") or {}
+    if ema.get("enable"):
+        warm = "timm warm-up" if ema.get("warmup") else "no warm-up"
+        rows.append(
+            (
+                "EMA decay",
+                f"{ema['decay']:g} ({warm}; {ema['decay_at_last_step']:.4f} at the last step)",
+            )
+        )
+    rows += [
+        ("wall time (all epochs)", f"{summary['wall_time_s']:.1f} s"),
+        ("output", summary["files"]["final_model"].rsplit("/", 1)[0]),
+    ]
+    return rows
+
+
 def write_summary(path: str, summary: dict) -> None:
     atomic_write_text(path, json.dumps(summary, indent=2, default=str))
 
@@ -38,10 +85,10 @@ def plot_curves(rows: list, path: str, metric: str) -> str | None:
         if any(key in r for r in rows):
             axes[0].plot(epochs, [r.get(key, float("nan")) for r in rows], style, label=key)
     axes[0].set_title("loss")
-    for key, style in ((metric, "-"), (f"val_{metric}", "--")):
+    for key, style in ((metric, "-"), (f"val_{metric}", "--"), (f"val_{metric}_raw", ":")):
         if any(key in r for r in rows):
             axes[1].plot(epochs, [r.get(key, float("nan")) for r in rows], style, label=key)
-    axes[1].set_title(metric + " (validation on EMA weights when EMA is on)")
+    axes[1].set_title(metric + " (val: EMA weights; val_*_raw: raw weights)")
     if any("learning_rate" in r for r in rows):
         axes[2].plot(epochs, [r.get("learning_rate", float("nan")) for r in rows])
     axes[2].set_title("learning rate (end of epoch)")
