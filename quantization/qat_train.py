@@ -131,6 +131,7 @@ def qat_finetune(
         validation_data=(val_images, val_onehot),
         callbacks=[keras.callbacks.BackupAndRestore(backup, delete_checkpoint=True)],
         verbose=verbose,
+        shuffle=False,  # the tf.data pipeline shuffles (Keras would warn that it ignores True)
     )
     float_logits = model.predict(val_images, batch_size=256, verbose=0)
     qat_logits = qat.predict(val_images, batch_size=256, verbose=0)
