@@ -1,5 +1,5 @@
 """int8 PTQ of the official reference models (seeded random weights under the official
-key names, /work/shared/reference/parity) at 256x256: int8 vs float logit cosine.
+key names, tests/data/reference) at 256x256: int8 vs float logit cosine.
 
 Measured: MobileViTv3-XXS 0.996, MobileViTv1-XXS 0.997, MobileViTv3-0.5 0.986,
 MobileViTv2-0.5 0.975 (calibration: 32 crops of real photos; evaluation: 16
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import mvit3_keras as m
+from mvit3_keras.reference import write_parity_checkpoint
 from quantization import export_tflite, run_tflite
 from quantization.export import cosine_similarity
 from quantization.synthetic import photo_crops
@@ -30,7 +31,8 @@ def test_reference_checkpoint_int8_cosine(
     reference, name, stem, min_cosine, tmp_path, record_property
 ):
     model = m.create_model(name, input_shape=(256, 256, 3))
-    m.load_cvnets_weights(model, str(reference / "parity" / f"{stem}.npz"), rgb_input=False)
+    checkpoint = write_parity_checkpoint(stem, tmp_path / f"{stem}.npz", reference)
+    m.load_cvnets_weights(model, checkpoint, rgb_input=False)
     images = photo_crops(48, 256, seed=1)
     calib, held_out = images[:32], images[32:]
     path = tmp_path / f"{name}_int8.tflite"
