@@ -37,7 +37,7 @@ from typing import Optional
 import numpy as np
 
 from mvit3_keras import progress
-from quantization.add_ranges import quantize_with_legal_add_ranges
+from quantization.add_ranges import illegal_add_outputs, quantize_with_legal_add_ranges
 from quantization.calibration import collect_images, representative_dataset
 from quantization.inspection import check_tflite, inspect_tflite
 
@@ -354,12 +354,20 @@ def export_tflite(
         allow_float_ops or bool(keep_float),
     )
     widened = []
-    if quant in ("int8", "int8_full"):
+    if keep_float and quant in ("int8", "int8_full"):
         flatbuffer, widened = _quantize_calibrated(
             converter, prepared, keep_float, integer_io, target
         )
     else:
         flatbuffer = run_converter(converter)
+        if quant in ("int8", "int8_full") and illegal_add_outputs(flatbuffer):
+            # an ADD range LiteRT would abort on: calibrate again and widen it
+            converter = _converter(
+                frozen, quant, target, calibration, batch_size, integer_io, allow_float_ops
+            )
+            flatbuffer, widened = _quantize_calibrated(
+                converter, prepared, keep_float, integer_io, target
+            )
     progress.stage("checking the file's ops and tensor types")
     report = inspect_tflite(flatbuffer, include_ops=target == "edgetpu")
     check_tflite(

@@ -78,9 +78,9 @@ class NormalizationExport(keras.layers.Layer):
 
     def normalize(self, x):
         """``(x - mean) * rsqrt(var + eps)`` (before the affine part)."""
-        mean = ops.mean(x, axis=self.axes, keepdims=True)
+        mean = stepwise_mean(x, self.axes)
         centered = x - mean
-        var = ops.mean(centered * centered, axis=self.axes, keepdims=True)
+        var = stepwise_mean(centered * centered, self.axes)
         return centered * ops.rsqrt(var + self.epsilon)
 
     def call(self, x):
@@ -97,6 +97,20 @@ class NormalizationExport(keras.layers.Layer):
             axes=list(self.axes), epsilon=self.epsilon, center=self.center, scale=self.scale
         )
         return config
+
+
+def stepwise_mean(x, axes):
+    """Mean over ``axes`` taken one axis at a time (equal-size groups: the same value).
+
+    XNNPACK's int8 MEAN (ai-edge-litert 2.3.0) is off by 3-12x when one MEAN reduces
+    more than 8192 elements (TFLite's builtin kernel is right); MobileViTv2's
+    GroupNorm over a whole unfolded map reduces up to 65536 at 256x256. One axis
+    per MEAN keeps each reduction small (below ~1400 px of input).
+    """
+    axes = [a % len(x.shape) for a in (axes if isinstance(axes, (list, tuple)) else [axes])]
+    for axis in sorted(axes, reverse=True):
+        x = ops.mean(x, axis=axis, keepdims=True)
+    return x
 
 
 def _static_hw(x, reference=None):
