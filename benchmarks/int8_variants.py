@@ -1,11 +1,14 @@
 """int8 PTQ of every registered variant, run in LiteRT: int8 vs float logit cosine.
 
-Same procedure as tests/test_quant_variants.py (random weights made realistic,
-static input, real-photo calibration, all files run by one separate process),
-at any size; plus the official reference checkpoints when available.
+Same procedure as tests/test_quant_variants.py (weights like the official
+reference checkpoints, quantization.synthetic.official_like_weights; static
+input; real-photo calibration; all files run by one separate process), at any
+size. Bit-reproducible: the rows carry CRC32 digests of the weights, the
+``.tflite`` bytes and the LiteRT outputs.
 
     python benchmarks/int8_variants.py                 # 23 variants at 96x96
     python benchmarks/int8_variants.py --image-size 256 --models mobilevitv3_xxs,mobilevitv3_050
+    python benchmarks/int8_variants.py --calibration zeros   # a deliberately broken export
 
 Writes benchmarks/results/int8_variants.json.
 """
@@ -27,6 +30,12 @@ def main(argv=None) -> int:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--quant", default="int8", choices=("int8", "int8_full"))
     p.add_argument("--target", default="generic", choices=("generic", "edgetpu"))
+    p.add_argument(
+        "--calibration",
+        default="photos",
+        choices=("photos", "zeros", "tiny"),
+        help="int8 calibration data; zeros / tiny are broken on purpose (negative controls)",
+    )
     p.add_argument("--output-dir", default=str(C.RESULTS_DIR))
     args = p.parse_args(argv)
 
@@ -36,13 +45,17 @@ def main(argv=None) -> int:
     names = m.list_models() if args.models == "all" else args.models.split(",")
     machine = C.machine_info()
     rows = int8_variant_sweep(
-        names, image_size=args.image_size, quant=args.quant, target=args.target
+        names,
+        image_size=args.image_size,
+        quant=args.quant,
+        target=args.target,
+        calibration=args.calibration,
     )
     print(
         format_sweep(
             rows,
             f"{args.quant} ({args.target}) vs float, {args.image_size}x"
-            f"{args.image_size}, random weights",
+            f"{args.image_size}, official-like weights, calibration: {args.calibration}",
         )
     )
     C.write_results(
@@ -52,6 +65,7 @@ def main(argv=None) -> int:
             "image_size": args.image_size,
             "quant": args.quant,
             "target": args.target,
+            "calibration": args.calibration,
             "rows": rows,
             "machine": machine,
         },
