@@ -1,4 +1,12 @@
-"""Entry point of the ``mvit3`` command, and what it shows on the terminal.
+"""Entry point of the ``mvit3`` command: the parser, the dispatch, and what it shows on the terminal.
+
+Each package contributes its sub-commands through a ``register(subparsers)``
+function (:data:`COMMAND_MODULES`): the model zoo (``mvit3_keras.commands``:
+``list``, ``macs``, ``convert-weights``), training (``training.commands``),
+quantization (``quantization.commands``) and the examples (``mvit3_examples.commands``:
+``demo``). A command's handler gets the parsed ``args`` and returns an exit code.
+Only this module knows all of them: the library packages depend one way
+(``mvit3_keras`` <- ``training`` <- ``quantization``) and never import their consumers.
 
 TensorFlow, the TFLite converter and LiteRT print start-up and conversion
 notices from C++ (before Python logging exists, so Python cannot silence them)
@@ -15,13 +23,22 @@ filter must start before that import.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import importlib
 import logging
 import os
 import re
 import sys
 import threading
 import warnings
+
+COMMAND_MODULES = (
+    "mvit3_keras.commands",
+    "training.commands",
+    "quantization.commands",
+    "mvit3_examples.commands",
+)
 
 # Lines that carry no information for a user of the CLI (checked on TF 2.21 / LiteRT 2.3).
 HARMLESS = tuple(
@@ -109,17 +126,57 @@ def framework_output(verbose: bool = False):
         line_filter.stop()
 
 
+def build_parser() -> argparse.ArgumentParser:
+    """The ``mvit3`` parser with the sub-commands of every module of :data:`COMMAND_MODULES`."""
+    parser = argparse.ArgumentParser(
+        prog="mvit3",
+        description="MobileViTv3 for edge devices: models, official weights, training, int8 export.",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="show every framework log and warning (the `mvit3` command hides known-harmless "
+        "ones; see mvit3_cli.py)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).register(sub)
+    return parser
+
+
+def dispatch(argv=None) -> int:
+    """Parse ``argv`` and run the command's handler; bad input ends in one
+    ``mvit3 COMMAND: error: ...`` line on stderr and exit code 2 (``MVIT3_DEBUG=1``:
+    the traceback instead)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as err:
+        if os.environ.get("MVIT3_DEBUG"):
+            raise
+        if isinstance(err, ImportError):  # a missing package: name what to install
+            from mvit3_keras.optional import explain_import_error
+
+            message = explain_import_error(err, f"mvit3 {args.command}")
+        else:
+            message = str(err)
+        print(f"mvit3 {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
 def main(argv=None) -> int:
-    """``mvit3 [--verbose] COMMAND ...``: runs :func:`mvit3_keras.cli.main` behind the filter."""
+    """``mvit3 [--verbose] COMMAND ...``: :func:`dispatch` behind the output filter,
+    with the progress lines of the ``"mvit3"`` logger on stdout."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with framework_output(verbose="--verbose" in argv):  # known before parsing: imports print
-        from mvit3_keras.cli import main as cli_main
         from mvit3_keras.progress import ProgressHandler, logger
 
         logger.addHandler(ProgressHandler())
         logger.setLevel(logging.INFO)
         logger.propagate = False  # absl's root handler would print every record again
-        return cli_main(argv)
+        return dispatch(argv)
 
 
 def _quiet_python_loggers():

@@ -47,7 +47,7 @@ DEFAULT_PAIRS = ",".join(
         "mobilevitv2_200",
     ]
 )
-TARGET_RATIO = 1.2  # issue 6: Keras float throughput >= 1.2x timm at batch 32
+TARGET_RATIO = 1.2  # target: Keras float throughput >= 1.2x timm at batch 32
 OURS_VARIANTS = ("eager", "graph", "optimized", "xla")
 PEER_VARIANTS = ("nchw", "channels_last")
 LABELS = {

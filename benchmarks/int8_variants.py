@@ -1,9 +1,9 @@
 """int8 PTQ of every registered variant, run in LiteRT: int8 vs float logit cosine.
 
-Same procedure as tests/test_quant_variants.py (weights like the official
-reference checkpoints, quantization.synthetic.official_like_weights; static
-input; real-photo calibration; all files run by one separate process), at any
-size. Bit-reproducible: the rows carry CRC32 digests of the weights, the
+The procedure of tests/test_quant_variants.py, imported from the test support
+(:mod:`tests.support.sweep`: weights like the official reference checkpoints,
+static input, real-photo calibration, all files run by one separate process),
+so the benchmark and the test measure the same thing, at any size. Bit-reproducible: the rows carry CRC32 digests of the weights, the
 ``.tflite`` bytes and the LiteRT outputs.
 
     python benchmarks/int8_variants.py                 # 23 variants at 96x96
@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import mvit3_keras as m
-    from quantization.sweep import format_sweep, int8_variant_sweep
+    from tests.support.sweep import format_sweep, int8_variant_sweep
 
     names = m.list_models() if args.models == "all" else args.models.split(",")
     machine = C.machine_info()

@@ -1,13 +1,15 @@
 """LiteRT op profile of ``.tflite`` files: where the milliseconds go, fp32 vs int8.
 
-The LiteRT Python API exposes no per-op profiler, so each op is timed on its
-own: :func:`quantization.flatbuffer_edit.single_op_model` cuts the op out of
-the file (same tensors, quantization parameters and buffers) and the one-op
-model runs in the same interpreter configuration as the whole file (XNNPACK
-default delegate, ``--threads``). Per op type the table gives the count, the
-summed time, the share, and whether XNNPACK took the op (the one-op
-interpreter then holds a ``DELEGATE`` node) - ops it refuses run on the
-builtin kernels and split the delegated graph into partitions.
+The per-op times are those of the library's profiler,
+:func:`quantization.benchmark.profile_ops` (the LiteRT Python API has no per-op
+profiler, so each op is cut out into a one-op model with the same tensors,
+quantization parameters and buffers and timed alone, XNNPACK default delegate,
+``--threads``); the whole-file latency, with and without XNNPACK, is
+:func:`quantization.benchmark.benchmark_tflite`. This script adds what the
+library does not report: whether XNNPACK took each op (the one-op interpreter
+then holds a ``DELEGATE`` node; ops it refuses run on the builtin kernels and
+split the delegated graph into partitions). Per op type the table gives the
+count, how many XNNPACK took, the summed time and the share.
 
     python benchmarks/litert_profile.py --models mobilevitv3_xxs      # cached files
     python benchmarks/litert_profile.py benchmarks/.cache/mobilevitv3_xxs_256_int8.tflite
@@ -16,9 +18,9 @@ builtin kernels and split the delegated graph into partitions.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -37,75 +39,59 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _interpreter(content, threads, xnnpack=True):
+def _op_names(interpreter) -> list:
+    """Node names of an allocated interpreter (LiteRT exposes them only privately)."""
+    return [o["op_name"] for o in interpreter._get_ops_details()]  # noqa: SLF001
+
+
+def xnnpack_delegation(content: bytes, threads: int):
+    """``(number of XNNPACK partitions of the whole file, [XNNPACK takes op i alone])``."""
+    from quantization.flatbuffer_edit import num_ops, single_op_model
     from quantization.runtime import load_interpreter
 
-    return load_interpreter(bytes(content), num_threads=threads, use_xnnpack=xnnpack)
-
-
-def _fill_inputs(interpreter, rng):
-    import numpy as np
-
-    for d in interpreter.get_input_details():
-        dtype = np.dtype(d["dtype"])
-        shape = tuple(int(s) for s in d["shape"])
-        if dtype.kind == "f":
-            x = rng.random(shape, np.float32).astype(dtype)
-        elif dtype.kind in "iu":
-            info = np.iinfo(dtype)
-            x = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=shape).astype(dtype)
-        else:
-            x = np.zeros(shape, dtype)
-        interpreter.set_tensor(d["index"], x)
-
-
-def _median_ms(interpreter, iters):
-    interpreter.invoke()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        interpreter.invoke()
-        times.append(time.perf_counter() - start)
-    return 1000 * C.median(times)
+    whole = load_interpreter(content, num_threads=threads, use_xnnpack=True)
+    partitions = sum(name == "DELEGATE" for name in _op_names(whole))
+    delegated = []
+    for index in range(num_ops(content)):
+        one = load_interpreter(single_op_model(content, index), num_threads=threads)
+        delegated.append("DELEGATE" in _op_names(one))
+    return partitions, delegated
 
 
 def profile_file(path, threads, iters) -> dict:
-    import numpy as np
-
-    from quantization.flatbuffer_edit import num_ops, single_op_model
+    """Whole-file latency (XNNPACK / builtin kernels only), and the per-op profile of
+    :func:`quantization.benchmark.profile_ops` with XNNPACK's choice per op."""
+    from quantization.benchmark import benchmark_tflite, profile_ops
 
     with open(path, "rb") as f:
         content = f.read()
-    rng = np.random.default_rng(0)
     whole = {}
-    for label, xnn in (("xnnpack", True), ("builtin_only", False)):
-        it = _interpreter(content, threads, xnn)
-        _fill_inputs(it, rng)
-        whole[label] = _median_ms(it, max(3, iters // 2))
-        if xnn:
-            ops = it._get_ops_details()  # noqa: SLF001
-            partitions = sum(o["op_name"] == "DELEGATE" for o in ops)
+    for label, xnnpack in (("xnnpack", True), ("builtin_only", False)):
+        timing = benchmark_tflite(
+            content,
+            num_threads=threads,
+            warmup=1,
+            runs=max(3, iters // 2),
+            max_seconds=None,
+            use_xnnpack=xnnpack,
+        )
+        whole[label] = timing["median_ms"]
+    profile = profile_ops(content, num_threads=threads, warmup=1, runs=iters)
+    partitions, delegated = xnnpack_delegation(content, threads)
     per_type = collections.defaultdict(lambda: {"count": 0, "ms": 0.0, "xnnpack": 0})
     ops_out = []
-    for index in range(num_ops(content)):
-        one = single_op_model(content, index)
-        it = _interpreter(one, threads, True)
-        names = [o["op_name"] for o in it._get_ops_details()]  # noqa: SLF001
-        op_name = next(n for n in names if n != "DELEGATE")
-        delegated = "DELEGATE" in names
-        _fill_inputs(it, rng)
-        ms = _median_ms(it, iters)
-        entry = per_type[op_name]
+    for row in profile["ops"]:
+        taken = delegated[row["index"]]
+        entry = per_type[row["op"]]
         entry["count"] += 1
-        entry["ms"] += ms
-        entry["xnnpack"] += int(delegated)
-        ops_out.append({"index": index, "op": op_name, "ms": ms, "xnnpack": delegated})
-    total = sum(e["ms"] for e in per_type.values())
+        entry["ms"] += 0.0 if math.isnan(row["ms"]) else row["ms"]
+        entry["xnnpack"] += int(taken)
+        ops_out.append({**row, "xnnpack": taken})
     return {
         "path": str(path),
         "whole_model_ms": whole,
         "xnnpack_partitions": partitions,
-        "sum_of_ops_ms": total,
+        "sum_of_ops_ms": profile["sum_ms"],
         "by_type": dict(sorted(per_type.items(), key=lambda kv: -kv[1]["ms"])),
         "ops": ops_out,
     }

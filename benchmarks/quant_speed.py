@@ -1,12 +1,13 @@
-"""int8 vs fp32 latency in LiteRT (XNNPACK), the speed target of issue 5.
+"""int8 vs fp32 latency in LiteRT (XNNPACK): the int8 file must run at least 2x fp32.
 
 MobileViTv3-XXS at 256x256, batch 1, 2 threads (configurable): the same model
 exported as fp32, int8 (every kernel int8), int8 for CPUs (attention cores
 and norm statistics kept in float32, ``keep_float``) and QAT int8 (a
 calibrated QAT model; fine-tuning does not change the graph, so latency is that
 of the deployed file). Files are timed in interleaved rounds (load from other
-processes hits all alike); the figure of a file is the median over all its
-timed invokes, the ratio is fp32 median / int8 median. A per-op profile (one-op
+processes hits all alike) by the benchmark worker's LiteRT side, the one
+protocol of :mod:`benchmarks.worker`; the figure of a file is the median of
+its per-round medians, the ratio is fp32 median / int8 median. A per-op profile (one-op
 models, :func:`quantization.benchmark.profile_ops`) says which ops dominate.
 
     python benchmarks/quant_speed.py                       # XXS, 256, 2 threads
@@ -25,6 +26,7 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
+from benchmarks.worker import LocalWorker  # noqa: E402
 
 TARGET_SPEEDUP = 2.0
 REFERENCE = {
@@ -52,7 +54,8 @@ def build_files(args, workdir):
     from mvit3_keras.reference import load_parity, reference_dir
     from quantization import export_tflite, quantize_model
     from quantization.qat import calibrate_ranges
-    from quantization.synthetic import photo_crops, recalibrate_batchnorm
+    from tests.support.photos import photo_crops
+    from tests.support.weights import recalibrate_batchnorm
 
     size = args.image_size
     model = m.create_model(args.model, input_shape=(size, size, 3))
@@ -68,7 +71,7 @@ def build_files(args, workdir):
     calib = images[:32]
     specs = {
         "fp32": dict(quant="fp32"),
-        "int8 (all int8 kernels)": dict(quant="int8"),
+        "int8 (all int8 kernels)": dict(quant="int8", target="generic"),
         "int8 CPU (float attention+norm)": dict(
             quant="int8", keep_float=("attention", "normalization")
         ),
@@ -87,26 +90,23 @@ def build_files(args, workdir):
     return files, reports, weights
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    from quantization.benchmark import benchmark_tflite, profile_ops
-
-    machine = C.machine_info()
-    with tempfile.TemporaryDirectory(prefix="mvit3_speed_") as workdir:
-        files, reports, weights = build_files(args, workdir)
+def time_files(files: dict, args) -> dict:
+    """``{file label: [median ms of each round]}``: every file timed by the LiteRT side of
+    the benchmark worker (:meth:`benchmarks.worker.KerasBackend.build_tflite`), in
+    interleaved rounds of ``args.runs`` invokes."""
+    with LocalWorker("keras", label="ours") as worker:
+        for name, path in files.items():
+            worker.call("build_tflite", key=name, path=path, threads=args.threads, warmup=5)
 
         def run(name):
-            r = benchmark_tflite(
-                files[name], num_threads=args.threads, warmup=5, runs=args.runs, max_seconds=None
-            )
-            return [r["median_ms"]]  # one value per round (median of `runs` invokes)
+            seconds = worker.call("time", key=name, iters=args.runs)["seconds"]
+            return [1000 * C.median(seconds)]  # one value per round
 
-        timings = C.interleave(files, args.rounds, run)
-        profiles = {}
-        if not args.no_profile:
-            for name in ("int8 (all int8 kernels)", "int8 CPU (float attention+norm)", "fp32"):
-                p = profile_ops(files[name], num_threads=args.threads)
-                profiles[name] = {"by_type": p["by_type"], "sum_ms": p["sum_ms"]}
+        return C.interleave(files, args.rounds, run)
+
+
+def summarize(timings: dict, reports: dict, args, weights: str) -> dict:
+    """Per file: median, best round, spread, speed-up vs fp32, size and cosine; prints the table."""
     fp32 = C.median(timings["fp32"])
     rows, table_rows = {}, []
     for name, values in timings.items():
@@ -116,8 +116,8 @@ def main(argv=None) -> int:
             "min_round_ms": min(values),
             "spread": C.spread(values),
             "speedup_vs_fp32": fp32 / med,
-            "size_bytes": reports[name]["size_bytes"],
-            "cosine_vs_float": reports[name].get("verify", {}).get("cosine_vs_float_mean"),
+            "size_bytes": reports[name].file.size_bytes,
+            "cosine_vs_float": reports[name].verify and reports[name].verify.cosine_vs_float_mean,
         }
         table_rows.append(
             [
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
                 C.fmt(med, ".2f"),
                 C.fmt(min(values), ".2f"),
                 C.fmt(fp32 / med, ".2f") + "x",
-                f"{reports[name]['size_bytes'] / 1024:.0f}",
+                f"{reports[name].file.size_bytes / 1024:.0f}",
                 C.fmt(rows[name]["cosine_vs_float"], ".4f"),
             ]
         )
@@ -135,6 +135,23 @@ def main(argv=None) -> int:
         ["file", "median ms", "best round ms", "speed vs fp32", "KiB", "cosine vs float"],
         table_rows,
     )
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from quantization.benchmark import profile_ops
+
+    machine = C.machine_info()
+    with tempfile.TemporaryDirectory(prefix="mvit3_speed_") as workdir:
+        files, reports, weights = build_files(args, workdir)
+        timings = time_files(files, args)
+        profiles = {}
+        if not args.no_profile:
+            for name in ("int8 (all int8 kernels)", "int8 CPU (float attention+norm)", "fp32"):
+                p = profile_ops(files[name], num_threads=args.threads)
+                profiles[name] = {"by_type": p["by_type"], "sum_ms": p["sum_ms"]}
+    rows = summarize(timings, reports, args, weights)
     for name, p in profiles.items():
         top = list(p["by_type"].items())[:6]
         C.print_table(

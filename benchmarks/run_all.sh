@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for every benchmark of issue 6:
+# One command for every benchmark (speed against timm / PyTorch, LiteRT latency, training):
 #
 #   bash benchmarks/run_all.sh            # full run (all pairs / variants; an hour or more on 2 cores)
 #   bash benchmarks/run_all.sh --quick    # the headline pairs and fewer rounds (~30-40 min)

@@ -1,4 +1,4 @@
-"""The issue-6 targets, read from ``benchmarks/results/*.json``: measured ratio and verdict.
+"""The speed targets, read from ``benchmarks/results/*.json``: measured ratio and verdict.
 
 python benchmarks/summary.py            # Markdown, also written to results/summary.md
 """
@@ -113,7 +113,7 @@ def summarize(directory) -> str:
             ]
         )
     return C.print_table(
-        "Issue-6 targets (ratios: ours / peer; latency ratios: int8 / reference)",
+        "Speed targets (ratios: ours / peer; latency ratios: int8 / reference)",
         ["target", "measured on", "measured", "verdict"],
         rows,
     )

@@ -29,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
 from benchmarks.worker import LocalWorker, SubprocessWorker  # noqa: E402
+from tests.support.photos import photo_crops  # noqa: E402
 
 CACHE_DIR = C.BENCH_DIR / ".cache"
 # int8: every kernel int8 (also what the Edge TPU needs); int8_cpu: int8 with the attention
@@ -66,30 +67,6 @@ def parse_args(argv=None):
         args.cache_dir = args.output_dir / ".cache"
     args.rounds = args.rounds or 5
     return args
-
-
-# --------------------------------------------------------------------- images
-
-
-def photo_crops(n: int, size: int, seed: int):
-    """``n`` random-resized crops (with flips) of scikit-learn's two sample photos, [0, 1]."""
-    import numpy as np
-    import tensorflow as tf
-    from sklearn.datasets import load_sample_images
-
-    photos = [np.asarray(im, np.float32) / 255.0 for im in load_sample_images().images]
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        h, w = img.shape[:2]
-        side = int(rng.uniform(0.35, 1.0) * min(h, w))
-        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        crop = img[y : y + side, x : x + side]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out.append(tf.image.resize(crop, (size, size), method="bilinear").numpy())
-    return np.stack(out).astype(np.float32)
 
 
 # ----------------------------------------------------------------- conversion
@@ -269,7 +246,7 @@ def main(argv=None) -> int:
     payload["qat_available"] = quantize is not None and not args.no_qat
 
     n_cal = args.calibration_samples
-    crops = photo_crops(n_cal + 4, size, seed=0)
+    crops = photo_crops(n_cal + 4, size, seed=0)  # the crops the int8 tests calibrate on
     calib, held_out = crops[:n_cal], crops[n_cal:]
 
     ours = (

@@ -213,17 +213,15 @@ class KerasBackend(_Base):
         return {"warmup_s": self._warm(key, warmup), "jit_compile": bool(net.jit_compile)}
 
     def build_tflite(self, key, path, threads, warmup=3, seed=0):
-        """A LiteRT interpreter on ``path`` (``threads`` CPU threads, XNNPACK)."""
-        np = self.np
-        interpreter = _load_interpreter(path, threads)
+        """A LiteRT interpreter on ``path`` (``threads`` CPU threads, XNNPACK), loaded and fed
+        as the library's own timer (:func:`quantization.benchmark.benchmark_tflite`) does."""
+        from quantization.runtime import load_interpreter, quantize_input
+
+        interpreter = load_interpreter(path, num_threads=int(threads))
         detail = interpreter.get_input_details()[0]
         shape = tuple(int(v) for v in detail["shape"])
-        x = np.random.default_rng(seed).random(shape, np.float32)
-        if np.dtype(detail["dtype"]).kind != "f":
-            scale, zero = detail["quantization"]
-            info = np.iinfo(detail["dtype"])
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(detail["dtype"])
-        interpreter.set_tensor(detail["index"], x)
+        x = self.np.random.default_rng(seed).random(shape, self.np.float32)
+        interpreter.set_tensor(detail["index"], quantize_input(x, detail))
         out_index = interpreter.get_output_details()[0]["index"]
 
         def fn():
@@ -276,22 +274,6 @@ class KerasBackend(_Base):
             times.append(time.perf_counter() - start)
         best = min(times)
         return {"n": n, "seconds": times, "macs_per_s": n**3 / best}
-
-
-def _load_interpreter(path, threads):
-    """LiteRT interpreter (XNNPACK default delegate) via the project's runtime helper."""
-    try:
-        from quantization.runtime import load_interpreter
-    except ImportError:  # pragma: no cover - the quantization package ships with the repo
-        load_interpreter = None
-    if load_interpreter is not None:
-        return load_interpreter(path, num_threads=int(threads))
-    from ai_edge_litert.interpreter import Interpreter  # pragma: no cover
-
-    interpreter = Interpreter(model_path=path, num_threads=int(threads))  # pragma: no cover
-    interpreter.allocate_tensors()  # pragma: no cover
-    interpreter._mvit3_backend = "ai_edge_litert"  # noqa: SLF001  # pragma: no cover
-    return interpreter  # pragma: no cover
 
 
 class TimmBackend(_Base):

@@ -6,6 +6,13 @@ from mvit3_keras import layers  # noqa: F401  (registers the custom layers)
 from mvit3_keras.backbone import FEATURE_KEYS, backbone_features, create_backbone, create_model
 from mvit3_keras.inference import optimize_for_inference
 from mvit3_keras.macs import count_macs
+from mvit3_keras.recorded_model import (
+    MobileViTModel,
+    ModelRecord,
+    attach_model_record,
+    model_record,
+    rebuild_model,
+)
 from mvit3_keras.registry import get_spec, list_models
 from mvit3_keras.summary import count_params
 
@@ -18,6 +25,11 @@ __all__ = [
     "count_params",
     "get_spec",
     "list_models",
+    "MobileViTModel",
+    "ModelRecord",
+    "attach_model_record",
+    "model_record",
+    "rebuild_model",
     "optimize_for_inference",
 ]
 
@@ -35,7 +47,7 @@ __all__ += [
     "to_cvnets_state_dict",
 ]
 
-# Dense prediction (segmentation / detection heads; issue 3).
+# Dense prediction: segmentation (DeepLabv3 / PSPNet) and SSDLite detection heads.
 from mvit3_keras.backbone_weights import load_backbone_weights  # noqa: E402
 from mvit3_keras.detection import (  # noqa: E402
     SSDDetector,
@@ -43,7 +55,6 @@ from mvit3_keras.detection import (  # noqa: E402
     create_detector,
     decode_boxes,
     encode_boxes,
-    export_detector_tflite,
     generate_anchors,
     match_anchors,
     postprocess_detections,
@@ -63,7 +74,6 @@ __all__ += [
     "create_segmenter",
     "decode_boxes",
     "encode_boxes",
-    "export_detector_tflite",
     "generate_anchors",
     "load_backbone_weights",
     "match_anchors",

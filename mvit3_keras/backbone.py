@@ -1,10 +1,15 @@
 """Backbones and classifiers: ``create_model`` / ``create_backbone``.
 
-Stage layout of both families (NOTES.md section 1): ``conv_1`` (3x3, stride 2)
--> ``layer_1`` (MV2, stride 1) -> ``layer_2`` (MV2, first stride 2) ->
+Stage layout of both families (``cvnets/models/classification/mobilevit.py`` and
+``mobilevit_v2.py`` of ml-cvnets; docs/semantics.md section 1): ``conv_1`` (3x3,
+stride 2) -> ``layer_1`` (MV2, stride 1) -> ``layer_2`` (MV2, first stride 2) ->
 ``layer_3/4/5`` = strided MV2 + MobileViT block -> ``conv_1x1_exp`` (v1 family)
 -> classifier. Output stride 16 / 8 for dense tasks follows each family's
-dilation rule (NOTES.md section 4).
+dilation rule (the encoders' ``dilate_l4`` / ``dilate_l5``; docs/semantics.md
+section 4).
+
+Every model is a :class:`~mvit3_keras.recorded_model.MobileViTModel` that records
+its variant, task and builder arguments (:func:`mvit3_keras.model_record`).
 """
 
 from __future__ import annotations
@@ -16,12 +21,19 @@ import keras
 
 from mvit3_keras import blocks
 from mvit3_keras import specs as S
+from mvit3_keras.recorded_model import (
+    TASK_BACKBONE,
+    TASK_CLASSIFICATION,
+    MobileViTModel,
+    ModelRecord,
+)
 from mvit3_keras.registry import get_spec
 
 FEATURE_KEYS = ("P1", "P2", "P3", "P4", "P5")
 
 
-def _validate_input_shape(input_shape) -> tuple:
+def validate_input_shape(input_shape) -> tuple:
+    """``input_shape`` as ``(H, W, C)`` ints (``None`` sides: any size), or a clear error."""
     shape = tuple(input_shape)
     if len(shape) != 3:
         raise ValueError(
@@ -98,9 +110,31 @@ def create_backbone(
 ) -> keras.Model:
     """Functional feature extractor returning the dict ``{"P1": ..., "P5": ...}``."""
     spec = get_spec(name)
-    inputs = keras.Input(_validate_input_shape(input_shape), name="image")
+    inputs = keras.Input(validate_input_shape(input_shape), name="image")
     features = backbone_features(inputs, spec, output_stride=output_stride, prefix=prefix)
-    return keras.Model(inputs, features, name=model_name or f"{spec.name}_backbone")
+    record = ModelRecord(
+        variant=spec.name,
+        task=TASK_BACKBONE,
+        input_shape=inputs.shape[1:],
+        options=dict(output_stride=output_stride, prefix=prefix),
+    )
+    return MobileViTModel(
+        inputs, features, name=model_name or f"{spec.name}_backbone", model_record=record
+    )
+
+
+def classifier_head(x, spec: S.ModelSpec, num_classes: int, dropout: float, activation):
+    """Global average pooling -> dropout -> linear layer, named like the official
+    ``classifier`` (``cvnets/models/classification/mobilevit.py``: ``global_pool`` /
+    ``dropout`` / ``fc``; ``mobilevit_v2.py``: ``0`` / ``1``)."""
+    if spec.family == S.V1_FAMILY:
+        pool_name, fc_name = "classifier.global_pool", "classifier.fc"
+    else:
+        pool_name, fc_name = "classifier.0", "classifier.1"
+    x = keras.layers.GlobalAveragePooling2D(name=pool_name)(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout, name="classifier.dropout")(x)
+    return keras.layers.Dense(num_classes, activation=activation, name=fc_name, dtype=None)(x)
 
 
 def create_model(
@@ -133,27 +167,27 @@ def create_model(
         raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
     if pooling not in (None, "avg"):
         raise ValueError(f"pooling must be None or 'avg', got {pooling!r}")
-    inputs = keras.Input(_validate_input_shape(input_shape), name="image")
+    inputs = keras.Input(validate_input_shape(input_shape), name="image")
     x = backbone_features(inputs, spec)["P5"]
     if spec.exp_channels:
         x = blocks.conv_layer(x, spec.exp_channels, 1, "conv_1x1_exp")
     if include_top:
-        v1 = spec.family == S.V1_FAMILY
-        pool_name, fc_name = (
-            ("classifier.global_pool", "classifier.fc")
-            if v1
-            else (
-                "classifier.0",
-                "classifier.1",
-            )
-        )
-        x = keras.layers.GlobalAveragePooling2D(name=pool_name)(x)
         rate = spec.classifier_dropout if classifier_dropout is None else classifier_dropout
-        if rate:
-            x = keras.layers.Dropout(rate, name="classifier.dropout")(x)
-        x = keras.layers.Dense(
-            num_classes, activation=classifier_activation, name=fc_name, dtype=None
-        )(x)
+        x = classifier_head(x, spec, num_classes, rate, classifier_activation)
     elif pooling == "avg":
         x = keras.layers.GlobalAveragePooling2D(name="global_pool")(x)
-    return keras.Model(inputs, x, name=model_name or spec.name)
+    options = dict(include_top=include_top, pooling=pooling)
+    if classifier_dropout is not None:
+        options["classifier_dropout"] = float(classifier_dropout)
+    if classifier_activation is not None:
+        options["classifier_activation"] = keras.activations.serialize(
+            keras.activations.get(classifier_activation)
+        )
+    record = ModelRecord(
+        variant=spec.name,
+        task=TASK_CLASSIFICATION,
+        input_shape=inputs.shape[1:],
+        num_classes=num_classes if include_top else None,
+        options=options,
+    )
+    return MobileViTModel(inputs, x, name=model_name or spec.name, model_record=record)

@@ -5,6 +5,10 @@ This is how the paper fine-tunes: the segmentation / detection yamls point
 classifier (and, in the v1 family, ``conv_1x1_exp``) the dense models do not
 have. The backbone of a model from :func:`mvit3_keras.create_segmenter` /
 :func:`mvit3_keras.create_detector` carries the ``encoder.`` prefix.
+
+:func:`load_weights_except` is the other fine-tuning case: a checkpoint of the same
+task with another label set, loaded into everything but the head. Both check the
+whole checkpoint before assigning anything (:func:`check_before_loading`).
 """
 
 from __future__ import annotations
@@ -52,9 +56,51 @@ def load_backbone_weights(model, source, *, rgb_input: bool = True) -> dict:
             skipped.append(original)
         else:
             used[key] = value
-    # Check everything before assigning anything, so a wrong checkpoint changes nothing.
     mapping = keras_key_map(model)
-    missing = [k for k in mapping if k.startswith(ENCODER_PREFIX) and k not in used]
+    required = [k for k in mapping if k.startswith(ENCODER_PREFIX)]
+    check_before_loading(model, mapping, used, required, what="backbone")
+    report = load_cvnets_weights(model, used, strict=False, rgb_input=rgb_input)
+    return {
+        "loaded": report["loaded"],
+        "skipped": [k for k in skipped if not k.endswith(".num_batches_tracked")],
+        "head_not_loaded": [k for k in report["missing"] if not k.startswith(ENCODER_PREFIX)],
+        "bgr_to_rgb": report["bgr_to_rgb"],
+    }
+
+
+def load_weights_except(model, source, *, head_prefixes, rgb_input: bool = True) -> dict:
+    """Load every weight of ``model`` except its head from ``source``.
+
+    Fine-tuning to a new label set: the checkpoint's head (keys starting with one of
+    ``head_prefixes``, e.g. ``"classifier"``) is skipped and the model's head keeps its
+    initialisation; every other weight must be in the checkpoint with the right shape
+    (else :class:`CheckpointMismatchError`, and nothing is assigned).
+
+    Returns:
+        ``{"loaded": n, "skipped": [checkpoint keys not used],
+        "head_not_loaded": [model keys left as initialised], "bgr_to_rgb": bool}``.
+    """
+    head_prefixes = tuple(head_prefixes)
+    state = read_state_dict(source)
+    used = OrderedDict((k, v) for k, v in state.items() if not k.startswith(head_prefixes))
+    skipped = [k for k in state if k.startswith(head_prefixes)]
+    mapping = keras_key_map(model)
+    required = [k for k in mapping if not k.startswith(head_prefixes)]
+    check_before_loading(model, mapping, used, required, what="body (all but the head)")
+    report = load_cvnets_weights(model, used, strict=False, rgb_input=rgb_input)
+    return {
+        "loaded": report["loaded"],
+        "skipped": skipped,
+        "head_not_loaded": report["missing"],
+        "bgr_to_rgb": report["bgr_to_rgb"],
+    }
+
+
+def check_before_loading(model, mapping, used: dict, required: list, *, what: str) -> None:
+    """Raise :class:`CheckpointMismatchError` unless every ``required`` model key is in
+    ``used`` with the right shape and ``used`` has no key the model lacks (checked before
+    anything is assigned, so a wrong checkpoint changes nothing)."""
+    missing = [k for k in required if k not in used]
     unexpected = [k for k in used if k not in mapping and not k.endswith(".num_batches_tracked")]
     mismatched = []
     for key, value in used.items():
@@ -69,15 +115,8 @@ def load_backbone_weights(model, source, *, rgb_input: bool = True) -> dict:
     problems = missing + unexpected + mismatched
     if problems:
         raise CheckpointMismatchError(
-            f"the checkpoint's backbone does not match {model.name!r}: "
-            f"{len(missing)} backbone weights missing, {len(unexpected)} unexpected, "
+            f"the checkpoint's {what} does not match {model.name!r}: "
+            f"{len(missing)} {what} weights missing, {len(unexpected)} unexpected, "
             f"{len(mismatched)} with a different shape, e.g. {problems[:5]}. "
             "Is it a checkpoint of the same variant (see mvit3_keras.list_models())?"
         )
-    report = load_cvnets_weights(model, used, strict=False, rgb_input=rgb_input)
-    return {
-        "loaded": report["loaded"],
-        "skipped": [k for k in skipped if not k.endswith(".num_batches_tracked")],
-        "head_not_loaded": [k for k in report["missing"] if not k.startswith(ENCODER_PREFIX)],
-        "bgr_to_rgb": report["bgr_to_rgb"],
-    }

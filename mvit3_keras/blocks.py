@@ -42,7 +42,7 @@ def conv_layer(
 
     PyTorch pads ``(k - 1) // 2 * dilation`` on every side. For stride 1 that is
     Keras ``"same"``; for strided convs Keras pads asymmetrically, so an explicit
-    ``ZeroPadding2D`` + ``"valid"`` is used (NOTES.md section 1).
+    ``ZeroPadding2D`` + ``"valid"`` is used (docs/semantics.md, section 1).
     """
     pad = (kernel_size - 1) // 2 * dilation
     padding = "same"
@@ -71,7 +71,7 @@ def conv_layer(
 def inverted_residual(
     x, out_channels: int, stride: int, expand_ratio: float, name: str, *, dilation: int = 1
 ):
-    """``cvnets.modules.InvertedResidual`` (MobileNetV2 block, NOTES.md section 1)."""
+    """``cvnets.modules.InvertedResidual`` (MobileNetV2 block, docs/semantics.md section 1)."""
     in_channels = x.shape[-1]
     hidden = S.make_divisible(int(round(in_channels * expand_ratio)), 8)
     y = x
@@ -143,7 +143,7 @@ def linear_attn_ffn(x, stage: S.MobileViTStageSpec, name: str):
 def mobilevit_block_v1_family(
     x, stage: S.MobileViTStageSpec, block: str, name: str, dropout: float
 ):
-    """MobileViTv3 block (NOTES.md section 2) or MobileViTv1 block (NOTES_baselines.md 1).
+    """MobileViTv3 block (docs/semantics.md, section 2) or MobileViTv1 block (section 10).
 
     Odd feature maps: only the transformer path is resized (bilinear,
     align_corners=False) to the next even size and back; the block keeps its
@@ -178,7 +178,7 @@ def mobilevit_block_v1_family(
 
 
 def mobilevit_block_v2_family(x, stage: S.MobileViTStageSpec, block: str, name: str, dilation: int):
-    """MobileViTv3-v2 block (NOTES.md section 3) or MobileViTv2 block (NOTES_baselines.md 2).
+    """MobileViTv3-v2 block (docs/semantics.md, section 3) or MobileViTv2 block (section 11).
 
     Odd feature maps: the block input is resized (bilinear, align_corners=True)
     to the next even size and the output stays at that size.

@@ -1,4 +1,7 @@
-"""``mvit3`` sub-commands of the model zoo: ``list``, ``macs``, ``convert-weights``, ``demo``."""
+"""``mvit3`` sub-commands of the model zoo: ``list``, ``macs``, ``convert-weights``.
+
+Registered by the console entry point (``mvit3_cli.build_parser``).
+"""
 
 from __future__ import annotations
 
@@ -43,11 +46,6 @@ def register(subparsers) -> None:
         help="load matching weights only instead of failing on any mismatch",
     )
     p.set_defaults(handler=_cmd_convert)
-
-    p = subparsers.add_parser("demo", help="the end-to-end demo of the README")
-    p.add_argument("--output", default="outputs/demo", help="output folder")
-    p.add_argument("--quick", action="store_true", help="smaller settings for a smoke run")
-    p.set_defaults(handler=_cmd_demo)
 
 
 def _image_shape(sizes):
@@ -95,11 +93,4 @@ def _cmd_convert(args) -> int:
         strict=not args.no_strict,
     )
     print(json.dumps(report, indent=2))
-    return 0
-
-
-def _cmd_demo(args) -> int:
-    from mvit3_keras.demo import run_demo
-
-    run_demo(args.output, quick=args.quick)
     return 0

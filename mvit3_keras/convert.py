@@ -1,7 +1,7 @@
 """Official (ml-cvnets / MobileViTv3) PyTorch checkpoints <-> Keras weights.
 
 Every weight-bearing Keras layer is named like the PyTorch module that owns the
-weights, so the mapping is a rule per layer type (reference NOTES.md section 9):
+weights, so the mapping is a rule per layer type (docs/semantics.md section 9):
 
 =====================  =========================================  ==========================
 Keras layer            official keys (``<name>.``)                 transform
@@ -27,6 +27,8 @@ from collections.abc import Mapping
 
 import keras
 import numpy as np
+
+from mvit3_keras.graph_clone import iter_layers
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "ema_state_dict")
 FIRST_CONV_SUFFIX = "conv_1.block.conv"
@@ -142,14 +144,6 @@ def _layer_entries(layer):
     return entries
 
 
-def _iter_layers(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _iter_layers(layer)
-        else:
-            yield layer
-
-
 def keras_key_map(model) -> OrderedDict[str, tuple]:
     """``{official key: (variable, to_keras, from_keras)}`` for every weight of ``model``.
 
@@ -158,9 +152,9 @@ def keras_key_map(model) -> OrderedDict[str, tuple]:
     """
     mapping = OrderedDict()
     unknown = []
-    for layer in _iter_layers(model):
-        if not layer.weights:
-            continue
+    for layer in iter_layers(model):
+        if isinstance(layer, keras.Model) or not layer.weights:
+            continue  # a nested model's own layers come next
         entries = _layer_entries(layer)
         if entries is None:
             unknown.append(f"{layer.name} ({type(layer).__name__})")
@@ -183,6 +177,35 @@ def _first_conv_key(keys):
         if k.endswith(FIRST_CONV_SUFFIX + ".weight") and k.count(".") <= 4:
             return k
     return None
+
+
+def match_state_dict(state: Mapping, mapping: Mapping, flip_key=None):
+    """Pair checkpoint arrays with model variables (shapes checked, converted to
+    the Keras layout, ``flip_key``'s input channels reversed).
+
+    Returns ``(assignments, missing, unexpected, mismatched)``: ``[(variable,
+    array)]`` and the key lists of :func:`load_cvnets_weights`.
+    """
+    missing = [k for k in mapping if k not in state]
+    unexpected = [k for k in state if k not in mapping and not k.endswith(".num_batches_tracked")]
+    mismatched = []
+    assignments = []
+    for key, (var, to_keras, from_keras) in mapping.items():
+        if key not in state:
+            continue
+        value = state[key]
+        try:
+            converted = to_keras(value)
+        except ValueError:
+            converted = None
+        if converted is None or tuple(converted.shape) != tuple(var.shape):
+            expected = _torch_shape(var, to_keras, from_keras)
+            mismatched.append(f"{key}: checkpoint {list(value.shape)} vs model {expected}")
+            continue
+        if key == flip_key:
+            converted = converted[:, :, ::-1, :]
+        assignments.append((var, converted))
+    return assignments, missing, unexpected, mismatched
 
 
 def load_cvnets_weights(
@@ -209,34 +232,11 @@ def load_cvnets_weights(
     state = read_state_dict(source)
     if key_prefix:
         state = OrderedDict((key_prefix + k, v) for k, v in state.items())
-    mapping = keras_key_map(model)
-
-    flip_key = None
-    if rgb_input and _is_v1_family(state):
-        flip_key = _first_conv_key(state)
-
-    missing = [k for k in mapping if k not in state]
-    unexpected = [k for k in state if k not in mapping and not k.endswith(".num_batches_tracked")]
-    mismatched = []
-    assignments = []
-    for key, (var, to_keras, _) in mapping.items():
-        if key not in state:
-            continue
-        value = state[key]
-        try:
-            converted = to_keras(value)
-        except ValueError:
-            converted = None
-        if converted is None or tuple(converted.shape) != tuple(var.shape):
-            expected = _torch_shape(var, to_keras, mapping[key][2])
-            mismatched.append(f"{key}: checkpoint {list(value.shape)} vs model {expected}")
-            continue
-        if key == flip_key:
-            converted = converted[:, :, ::-1, :]
-        assignments.append((var, converted))
-
-    problems = bool(missing or unexpected or mismatched)
-    if problems and strict:
+    flip_key = _first_conv_key(state) if rgb_input and _is_v1_family(state) else None
+    assignments, missing, unexpected, mismatched = match_state_dict(
+        state, keras_key_map(model), flip_key
+    )
+    if strict and (missing or unexpected or mismatched):
         raise CheckpointMismatchError(
             _mismatch_message(model, state, missing, unexpected, mismatched)
         )
@@ -271,7 +271,7 @@ def _mismatch_message(model, state, missing, unexpected, mismatched):
     hint = ""
     if guess and guess != model.name:
         classes = f"num_classes={num_classes}" if num_classes else "..."
-        builder = "create_model"  # dense-task checkpoints (issue 3) name their builder
+        builder = "create_model"  # dense-task checkpoints name their builder
         if any(k.startswith("seg_head.") for k in state):
             builder = "create_segmenter"
         elif any(k.startswith("ssd_heads.") for k in state):

@@ -19,22 +19,22 @@ import numpy as np
 from mvit3_keras.graph_clone import iter_layers
 
 
-def _input_rank(layer) -> Optional[int]:
+def input_rank(layer) -> Optional[int]:
     try:
         return len(layer.input.shape)
     except (AttributeError, ValueError):
         return None
 
 
-def _is_foldable_norm(layer) -> bool:
+def is_foldable_norm(layer) -> bool:
     if isinstance(layer, keras.layers.LayerNormalization):
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        rank = _input_rank(layer)
+        rank = input_rank(layer)
         return rank is not None and [a % rank for a in axis] == [rank - 1]
     return isinstance(layer, keras.layers.GroupNormalization) and layer.groups == 1
 
 
-def _is_pointwise_linear(layer) -> bool:
+def is_pointwise_linear(layer) -> bool:
     if type(layer) is keras.layers.Dense:
         return True
     return (
@@ -53,13 +53,13 @@ def affine_fold_plan(model) -> dict:
     per norm in the exported graph and one rounding step fewer in int8."""
     plan = {}
     for layer in iter_layers(model):
-        if not _is_foldable_norm(layer) or not (layer.scale or layer.center):
+        if not is_foldable_norm(layer) or not (layer.scale or layer.center):
             continue
         outbound = layer._outbound_nodes  # noqa: SLF001 - Keras functional graph
         if len(outbound) != 1:
             continue
         consumer = outbound[0].operation
-        if _is_pointwise_linear(consumer) and len(consumer._inbound_nodes) == 1:  # noqa: SLF001
+        if is_pointwise_linear(consumer) and len(consumer._inbound_nodes) == 1:  # noqa: SLF001
             plan[layer.name] = consumer
             plan[consumer.name] = layer
     return plan

@@ -1,10 +1,12 @@
-"""Clone a functional model with some layers swapped (shared by inference and export rewrites).
+"""Clone a functional model with some layers swapped: the mechanism of the graph passes.
 
-:func:`clone_with` is the one mechanism behind :func:`mvit3_keras.optimize_for_inference`
-(BatchNorm folding) and :func:`quantization.prepare_for_export` (export formulations):
-``keras.models.clone_model`` with a per-layer replacement rule, nested functional
-models cloned recursively, and the weights copied (or transformed) once the clone
-is built.
+:func:`clone_with` is the one mechanism behind every graph pass
+(:mod:`mvit3_keras.inference`: ``fold_batchnorm``, ``fold_norm_affine``,
+``split_qkv``, ...; ``quantization.prepare_for_export`` and
+``quantization.quantize_model``): ``keras.models.clone_model`` with a per-layer
+replacement rule, nested functional models cloned recursively, and the weights
+copied (or transformed) once the clone is built
+(``mvit3_keras.inference.apply_rewrites`` applies the passes' plans in one clone).
 """
 
 from __future__ import annotations
@@ -14,13 +16,37 @@ from typing import Optional
 
 import keras
 
+from mvit3_keras.recorded_model import MobileViTModel, attach_model_record, model_record
 
-def iter_layers(model):
-    """All layers of ``model`` and its nested models, depth first."""
-    for layer in model.layers:
-        yield layer
-        if isinstance(layer, keras.Model):
-            yield from iter_layers(layer)
+
+def iter_layers(model, *, sublayers: bool = False):
+    """All layers of ``model`` and its nested models, depth first; ``sublayers``: also
+    the layers that layers own (e.g. a quantized layer's quantizers), each once."""
+    if not sublayers:
+        for layer in model.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from iter_layers(layer)
+        return
+    seen = set()
+    for layer in iter_layers(model):
+        for sub in layer._flatten_layers(include_self=True, recursive=True):  # noqa: SLF001
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                yield sub
+
+
+def bypassing(names) -> Callable:
+    """A ``call_function`` for :func:`clone_with` that skips the layers in ``names``
+    (their output is their first input: a folded or absorbed layer)."""
+    names = frozenset(names)
+
+    def call_function(layer, *args, **kwargs):
+        if layer.name in names:
+            return args[0]
+        return layer(*args, **kwargs)
+
+    return call_function
 
 
 def layers_by_name(model) -> dict:
@@ -87,7 +113,17 @@ def clone_with(
     for name, (old, fn) in weight_fns.items():
         if fn is not None and name in new_layers:
             fn(old, new_layers[name])
-    return new_model
+    return keep_record(model, new_model)
+
+
+def keep_record(original: keras.Model, clone: keras.Model) -> keras.Model:
+    """Copy the variant record of ``original`` onto its ``clone`` (``clone_model`` keeps
+    the class but not its constructor arguments), so folded, export and QAT formulations
+    still say which variant they are."""
+    record = model_record(original)
+    if record is not None and isinstance(clone, MobileViTModel):
+        attach_model_record(clone, record)
+    return clone
 
 
 def _clone(model, clone_function, input_tensors, call_function):

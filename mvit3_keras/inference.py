@@ -1,41 +1,49 @@
-"""Inference formulation of a model: BatchNorm folded into the preceding convolution.
+"""Inference formulation of a model, as a pipeline of small graph passes.
 
-Every ``cvnets`` ``ConvLayer`` is conv -> BatchNorm -> activation. At inference the
-BatchNorm is a per-channel affine map with frozen statistics,
-``y = gamma * (x - mean) / sqrt(var + eps) + beta``, so it can be folded into the
-convolution's kernel and bias (``W' = W * s``, ``b' = (b - mean) * s + beta`` with
-``s = gamma / sqrt(var + eps)``), exactly as the TFLite converter and PyTorch's
-``torch.fx`` / ``fuse_modules`` do. The folded graph has no BatchNorm passes over
-the feature maps and TensorFlow's Grappler remapper then fuses conv + bias +
-activation (SiLU / ReLU) into one kernel. The function is unchanged up to float32
-rounding (tests: every registry variant, and the official parity references at
-their own tolerances).
+Each pass is a plan (:class:`Rewrite`: which layers to replace or bypass, made by
+``*_rewrite(model)``) and its application (:func:`apply_rewrites`, one
+:func:`mvit3_keras.graph_clone.clone_with`); the pass functions ``model -> model``
+apply one plan, pipelines apply several plans in one clone. Each keeps the
+function up to float32 rounding:
 
-The result is for inference only: the BatchNorm layers (and their statistics) are
-gone, so train the original model and fold afterwards.
+* :func:`fold_batchnorm` - every ``cvnets`` ``ConvLayer`` is conv -> BatchNorm ->
+  activation (``cvnets/layers/conv_layer.py``). With frozen statistics the
+  BatchNorm is a per-channel affine map, folded into the convolution's kernel and
+  bias (``W' = W * s``, ``b' = (b - mean) * s + beta``, ``s = gamma / sqrt(var +
+  eps)``), as the TFLite converter and PyTorch's ``fuse_modules`` do;
+* :func:`fold_norm_affine` - the ``gamma`` / ``beta`` of a LayerNorm /
+  GroupNorm(1) moved into the pointwise layer it feeds;
+* :func:`split_qkv` - ``qkv_proj`` absorbed into the attention core as q / k / v
+  1x1 convs (q scale and ``relu(v)`` folded in, no slicing; the cores' ``dim``
+  switch);
+* :func:`dense_as_conv` - rank-4 ``Dense`` layers as 1x1 ``Conv2D``;
+* :func:`expand_silu` - SiLU written out so Grappler fuses conv + bias + activation.
+
+:func:`optimize_for_inference` is their pipeline (all plans made on the input
+model, applied in one clone). The result is for inference
+only: the BatchNorm layers (and their statistics) are gone, so train the original
+model and fold afterwards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import keras
 import numpy as np
 
 from mvit3_keras.folding import (
-    _is_pointwise_linear,
     affine_fold_plan,
     batch_norm_fold_plan,
     folded_conv_weights,
     folded_linear_weights,
     folded_pointwise,
+    input_rank,
+    is_pointwise_linear,
 )
-from mvit3_keras.graph_clone import clone_with, iter_layers
+from mvit3_keras.graph_clone import bypassing, clone_with, iter_layers
 from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAttention
-from mvit3_keras.layers.attention_inference import (
-    LinearSelfAttentionSplit,
-    MultiHeadSelfAttentionSplit,
-)
 
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
@@ -56,20 +64,48 @@ def _is_silu(layer) -> bool:
     )
 
 
-def _is_token_dense(layer) -> bool:
+def is_token_dense(layer) -> bool:
     """A Dense on a rank-4 token map ``[B, P, N, d]`` (the v1-family transformer)."""
-    if type(layer) is not keras.layers.Dense:
-        return False
-    try:
-        return len(layer.input.shape) == 4
-    except (AttributeError, ValueError):
-        return False
+    return type(layer) is keras.layers.Dense and input_rank(layer) == 4
 
 
-def dense_as_conv(dense):
-    """The same map as a 1x1 ``Conv2D``: Keras runs a rank-4 Dense as reshape -> MatMul ->
-    reshape -> BiasAdd, which Grappler cannot fuse; a 1x1 conv is one fused
-    conv + bias (+ activation) kernel."""
+@dataclasses.dataclass(frozen=True)
+class Rewrite:
+    """The plan of one pass: ``replacements`` ``{name: fn(layer) -> (new, weight_fn)}``
+    and the ``bypassed`` layer names (their output is their input)."""
+
+    replacements: dict = dataclasses.field(default_factory=dict)
+    bypassed: frozenset = frozenset()
+
+
+def apply_rewrites(model, rewrites, *, input_shape=None, batch_size=None, copy=False):
+    """One clone of ``model`` with the ``rewrites`` applied (a later plan's replacement
+    of a layer wins); ``model`` itself when there is nothing to do and not ``copy``."""
+    replacements, bypassed = {}, set()
+    for plan in rewrites:
+        replacements.update(plan.replacements)
+        bypassed |= set(plan.bypassed)
+    unchanged = not replacements and not bypassed and input_shape is None and batch_size is None
+    if unchanged and not copy:
+        return model
+
+    def replace(layer):
+        build = replacements.get(layer.name)
+        return None if build is None else build(layer)
+
+    return clone_with(
+        model,
+        replace,
+        input_shape=input_shape,
+        batch_size=batch_size,
+        call_function=bypassing(bypassed),
+    )
+
+
+def conv_from_dense(dense):
+    """``(Conv2D, weight_fn)``: the same map as a 1x1 ``Conv2D``. Keras runs a rank-4
+    Dense as reshape -> MatMul -> reshape -> BiasAdd, which Grappler cannot fuse; a
+    1x1 conv is one fused conv + bias (+ activation) kernel."""
     conv = keras.layers.Conv2D(
         dense.units,
         1,
@@ -89,11 +125,50 @@ def dense_as_conv(dense):
     return conv, weights
 
 
-def _with_bias(conv):
+def _conv_with_bias(conv, bn):
     config = conv.get_config()
-    config["use_bias"] = True
-    config["bias_initializer"] = "zeros"
-    return conv.__class__.from_config(config)
+    config.update(use_bias=True, bias_initializer="zeros")
+
+    def fold(old, new):
+        new.set_weights(list(folded_conv_weights(old, bn)))
+
+    return conv.__class__.from_config(config), fold
+
+
+def batchnorm_fold_rewrite(model) -> Rewrite:
+    """Every conv -> BatchNorm pair (:func:`batch_norm_fold_plan`) as one conv with bias."""
+    plan = batch_norm_fold_plan(model)  # {conv: bn}
+    replacements = {
+        name: (lambda conv, bn=bn: _conv_with_bias(conv, bn)) for name, bn in plan.items()
+    }
+    return Rewrite(replacements, frozenset(bn.name for bn in plan.values()))
+
+
+def _without_affine(norm):
+    config = norm.get_config()
+    config.update(center=False, scale=False)
+    return norm.__class__.from_config(config), None
+
+
+def norm_affine_rewrite(model, affine=None, *, token_dense_as_conv: bool = True) -> Rewrite:
+    """LayerNorm / GroupNorm(1) affines folded into the pointwise layer each feeds
+    (``affine``: :func:`mvit3_keras.folding.affine_fold_plan`). The folded layer is a
+    1x1 ``Conv2D`` for a ``Conv2D`` and (``token_dense_as_conv``) for a rank-4 Dense."""
+    affine = affine_fold_plan(model) if affine is None else affine
+    replacements = {}
+    for name, other in affine.items():
+        if is_pointwise_linear(other):  # ``name`` is the norm
+            replacements[name] = _without_affine
+            continue
+
+        def fold(layer, norm=other):
+            as_conv = type(layer) is keras.layers.Conv2D or (
+                token_dense_as_conv and input_rank(layer) == 4
+            )
+            return folded_pointwise(layer, norm, as_conv)
+
+        replacements[name] = fold
+    return Rewrite(replacements)
 
 
 def attention_split_plan(model: keras.Model) -> dict:
@@ -103,14 +178,14 @@ def attention_split_plan(model: keras.Model) -> dict:
     for layer in iter_layers(model):
         if type(layer) not in (MultiHeadSelfAttention, LinearSelfAttention):
             continue
-        if len(layer._inbound_nodes) != 1:  # noqa: SLF001
+        if layer.projection_dim is not None or len(layer._inbound_nodes) != 1:  # noqa: SLF001
             continue
         parents = layer._inbound_nodes[0].parent_nodes  # noqa: SLF001
         if len(parents) != 1:
             continue
         qkv = parents[0].operation
         if (
-            _is_pointwise_linear(qkv)
+            is_pointwise_linear(qkv)
             and keras.activations.serialize(qkv.activation) in ("linear", None)
             and len(qkv._inbound_nodes) == 1  # noqa: SLF001
             and len(qkv._outbound_nodes) == 1  # noqa: SLF001
@@ -133,19 +208,16 @@ def _linear_weights(layer, norm=None):
     return kernel, bias
 
 
-def _split_attention(qkv, attention, norm):
-    """The attention core with ``qkv_proj`` inside as three 1x1 convs (q scale /
-    ``relu(v)`` folded in); ``qkv_proj`` itself is bypassed in the graph."""
+def _split_core(qkv, attention, norm=None):
+    """The attention core with ``qkv_proj`` (and ``norm``'s affine, if given) inside as
+    three 1x1 convs; the q scale is folded in float64."""
     units = qkv.units if isinstance(qkv, keras.layers.Dense) else qkv.filters
+    config = attention.get_config()
     if isinstance(attention, MultiHeadSelfAttention):
-        d = units // 3
-        new = MultiHeadSelfAttentionSplit(
-            attention.num_heads, d, attention.attention_dropout, name=attention.name
-        )
-        q_width, q_scale = d, (d // attention.num_heads) ** -0.5
+        config["dim"] = units // 3
+        q_width, q_scale = units // 3, (units // 3 // attention.num_heads) ** -0.5
     else:
-        d = (units - 1) // 2
-        new = LinearSelfAttentionSplit(d, attention.attention_dropout, name=attention.name)
+        config["dim"] = (units - 1) // 2
         q_width, q_scale = 1, 1.0
 
     def weights(_old, new_layer):
@@ -155,72 +227,98 @@ def _split_attention(qkv, attention, norm):
         bias[:q_width] *= q_scale
         new_layer.qkv.set_split_weights(kernel.astype(np.float32), bias.astype(np.float32))
 
-    return new, weights
+    return attention.__class__.from_config(config), weights
 
 
-def _without_affine(norm):
-    config = norm.get_config()
-    config.update(center=False, scale=False)
-    return norm.__class__.from_config(config)
+def split_qkv_rewrite(model, affine=None) -> Rewrite:
+    """Each ``qkv_proj`` absorbed into its attention core (:func:`attention_split_plan`;
+    the cores' ``dim`` formulation), with the norm affine of ``affine`` folded in;
+    ``qkv_proj`` itself is bypassed in the graph."""
+    affine = {} if affine is None else affine
+    plan = attention_split_plan(model)  # {qkv: attention}
+    layers = {layer.name: layer for layer in iter_layers(model)}
+    replacements = {
+        core.name: (lambda layer, qkv=layers[name]: _split_core(qkv, layer, affine.get(qkv.name)))
+        for name, core in plan.items()
+    }
+    return Rewrite(replacements, frozenset(plan))
+
+
+def dense_as_conv_rewrite(model, exclude=()) -> Rewrite:
+    """Every rank-4 ``Dense`` (:func:`is_token_dense`) not in ``exclude`` as a 1x1 conv."""
+    names = [x.name for x in iter_layers(model) if is_token_dense(x) and x.name not in exclude]
+    return Rewrite(dict.fromkeys(names, conv_from_dense))
+
+
+def _silu_replacement(layer):
+    return keras.layers.Activation(silu_inference, name=layer.name), None
+
+
+def silu_rewrite(model) -> Rewrite:
+    """Every SiLU ``Activation`` as :func:`silu_inference`."""
+    names = [layer.name for layer in iter_layers(model) if _is_silu(layer)]
+    return Rewrite(dict.fromkeys(names, _silu_replacement))
+
+
+def fold_batchnorm(model: keras.Model) -> keras.Model:
+    """Pass: :func:`batchnorm_fold_rewrite` applied."""
+    return apply_rewrites(model, [batchnorm_fold_rewrite(model)])
+
+
+def fold_norm_affine(model: keras.Model, *, token_dense_as_conv: bool = True) -> keras.Model:
+    """Pass: :func:`norm_affine_rewrite` applied."""
+    rewrite = norm_affine_rewrite(model, token_dense_as_conv=token_dense_as_conv)
+    return apply_rewrites(model, [rewrite])
+
+
+def split_qkv(model: keras.Model) -> keras.Model:
+    """Pass: :func:`split_qkv_rewrite` applied."""
+    return apply_rewrites(model, [split_qkv_rewrite(model)])
+
+
+def dense_as_conv(model: keras.Model) -> keras.Model:
+    """Pass: :func:`dense_as_conv_rewrite` applied."""
+    return apply_rewrites(model, [dense_as_conv_rewrite(model)])
+
+
+def expand_silu(model: keras.Model) -> keras.Model:
+    """Pass: :func:`silu_rewrite` applied."""
+    return apply_rewrites(model, [silu_rewrite(model)])
+
+
+def inference_rewrites(model) -> list:
+    """The plans of :func:`optimize_for_inference`, all made on ``model`` (the norm
+    affines that move into ``qkv_proj`` move on into the split attention cores)."""
+    affine = affine_fold_plan(model)  # {norm: linear, linear: norm}
+    return [
+        batchnorm_fold_rewrite(model),
+        norm_affine_rewrite(model, affine),
+        split_qkv_rewrite(model, affine),
+        dense_as_conv_rewrite(model, exclude=affine),
+        silu_rewrite(model),
+    ]
+
+
+INFERENCE_PASSES = (fold_batchnorm, fold_norm_affine, split_qkv, dense_as_conv, expand_silu)
+"""The passes of :func:`optimize_for_inference`, in order (each usable alone)."""
 
 
 def optimize_for_inference(
     model: keras.Model, *, input_shape=None, batch_size: Optional[int] = None
 ) -> keras.Model:
     """A copy of ``model`` in its inference formulation (same function up to float32
-    rounding): every conv -> BatchNorm pair folded into one conv; LayerNorm /
-    GroupNorm(1) affines folded into the next pointwise layer; ``qkv_proj`` split into
-    q / k / v 1x1 convs (q scale and ``relu(v)`` folded in, no slicing); rank-4 Dense
-    as 1x1 convs; SiLU written out so Grappler fuses conv + bias + activation.
+    rounding): the plans of :data:`INFERENCE_PASSES` (``fold_batchnorm``,
+    ``fold_norm_affine``, ``split_qkv``, ``dense_as_conv``, ``expand_silu``) made on
+    ``model`` (:func:`inference_rewrites`) and applied in one clone.
 
     Works for the classifiers, backbones, segmenters and detectors built by this
     package (any functional model). ``input_shape`` / ``batch_size`` optionally fix
     the input shape of the copy. The copy does not share weights with ``model``.
     """
-    plan = batch_norm_fold_plan(model)
-    folded = {bn.name for bn in plan.values()}
-    affine = affine_fold_plan(model)  # {norm: linear, linear: norm}
-    split = attention_split_plan(model)  # {qkv: attention}
-    split_cores = {attention.name: qkv_name for qkv_name, attention in split.items()}
-    bypassed = folded | set(split)
-    model_layers = {layer.name: layer for layer in iter_layers(model)}
-
-    def replace(layer):
-        if layer.name in plan:
-            bn = plan[layer.name]
-
-            def fold(old, new, bn=bn):
-                new.set_weights(list(folded_conv_weights(old, bn)))
-
-            return _with_bias(layer), fold
-        if layer.name in folded:
-            return keras.layers.Identity(name=layer.name), None
-        if layer.name in split:
-            return keras.layers.Identity(name=layer.name), None
-        if layer.name in split_cores:
-            qkv = model_layers[split_cores[layer.name]]
-            return _split_attention(qkv, layer, affine.get(qkv.name))
-        norm = affine.get(layer.name) if _is_pointwise_linear(layer) else None
-        if norm is not None:
-            as_conv = _is_token_dense(layer) or type(layer) is keras.layers.Conv2D
-            return folded_pointwise(layer, norm, as_conv)
-        if layer.name in affine:  # a norm whose affine moved into the next layer
-            return _without_affine(layer), None
-        if _is_token_dense(layer):
-            return dense_as_conv(layer)
-        if _is_silu(layer):
-            return keras.layers.Activation(silu_inference, name=layer.name), None
-        return None
-
-    def call_function(layer, *args, **kwargs):
-        if layer.name in bypassed:
-            return args[0]  # folded BatchNorm / qkv_proj inside the attention: no op
-        return layer(*args, **kwargs)
-
-    return clone_with(
+    return apply_rewrites(
         model,
-        replace,
+        inference_rewrites(model),
         input_shape=input_shape,
         batch_size=batch_size,
-        call_function=call_function,
+        copy=True,
     )

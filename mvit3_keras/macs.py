@@ -1,7 +1,7 @@
 """Multiply-accumulate counts, official and real.
 
-``official`` reproduces the ml-cvnets profiler (``profile_model``; reference
-NOTES.md section 8): multiply-adds of convolutions and linear layers only,
+``official`` reproduces the ml-cvnets profiler (``profile_model`` of
+``cvnets/utils/profiler.py``; docs/semantics.md section 8): multiply-adds of convolutions and linear layers only,
 plus one per output element of a bias (norms, activations, additions and
 resizes are free); in the v1 family each
 attention counts its two products as ``2 * N * d**2`` per sequence (what the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from collections.abc import Mapping
 
 from mvit3_keras import specs as S
 
@@ -16,6 +17,7 @@ _REGISTRY: dict = {}
 
 
 def register(spec: S.ModelSpec) -> S.ModelSpec:
+    """Add ``spec`` to the registry under ``spec.name`` (used below for the zoo)."""
     if spec.name in _REGISTRY:
         warnings.warn(f"model {spec.name!r} registered twice; the last one wins", stacklevel=2)
     _REGISTRY[spec.name] = spec
@@ -33,18 +35,31 @@ def list_models(pattern: str = "*", *, baselines: bool = True) -> list:
     ]
 
 
+def did_you_mean(name, candidates) -> str:
+    """``" Did you mean a, b?"`` for the names of ``candidates`` close to ``name``, or ``""``."""
+    close = difflib.get_close_matches(str(name), list(candidates), n=3)
+    return f" Did you mean {', '.join(close)}?" if close else ""
+
+
+def lookup(table: Mapping, name, *, what: str, known: str):
+    """``table[name]``, or a :class:`ValueError` naming close matches and every key:
+    ``"Unknown <what> 'name'. Did you mean ...? <known>: a, b, ..."``."""
+    try:
+        return table[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"Unknown {what} {name!r}.{did_you_mean(name, table)} {known}: {', '.join(table)}"
+        ) from None
+
+
 def get_spec(name: str) -> S.ModelSpec:
+    """The :class:`~mvit3_keras.specs.ModelSpec` of a registered variant (a spec
+    passes through)."""
     if isinstance(name, S.ModelSpec):
         return name
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown model variant {name!r}.{hint} "
-            f"Known variants (mvit3_keras.list_models()): {', '.join(_REGISTRY)}"
-        ) from None
+    return lookup(
+        _REGISTRY, name, what="model variant", known="Known variants (mvit3_keras.list_models())"
+    )
 
 
 def spec_for_cvnets_name(cvnets_name: str) -> S.ModelSpec:
@@ -69,10 +84,7 @@ for _name, _mode, _drop, _disp, _cv, _top1 in _V3_V1:
             _mode,
             S.BLOCK_MOBILEVITV3,
             transformer_dropout=_drop,
-            display_name=_disp,
-            cvnets_name=_cv,
-            imagenet_top1=_top1,
-            top1_source="official README",
+            published=S.Published(_disp, _cv, _top1, "official README"),
         )
     )
 _L2_TOP1 = {"xx_small_v3": 70.23, "x_small_v3": 76.10, "small_v3": 79.06}
@@ -84,10 +96,9 @@ for _name, _mode, _drop, _disp, _cv, _top1 in _V3_V1:
             S.BLOCK_MOBILEVITV3,
             layer_4_blocks=2,
             transformer_dropout=_drop,
-            display_name=_disp + "-L2",
-            cvnets_name=_cv + "_fast",
-            imagenet_top1=_L2_TOP1[_mode],
-            top1_source="paper (low-latency models)",
+            published=S.Published(
+                _disp + "-L2", _cv + "_fast", _L2_TOP1[_mode], "paper (low-latency models)"
+            ),
         )
     )
 
@@ -106,10 +117,12 @@ for _w in _WIDTHS:
             f"mobilevitv3_{_width_tag(_w)}",
             _w,
             S.BLOCK_MOBILEVITV3,
-            display_name=f"MobileViTv3-{_w}",
-            cvnets_name=f"w{_w}",
-            imagenet_top1=_V3_V2_TOP1.get(_w),
-            top1_source="official README" if _w in _V3_V2_TOP1 else "",
+            published=S.Published(
+                f"MobileViTv3-{_w}",
+                f"w{_w}",
+                _V3_V2_TOP1.get(_w),
+                "official README" if _w in _V3_V2_TOP1 else "",
+            ),
         )
     )
 
@@ -125,10 +138,7 @@ for _name, _mode, _drop, _disp, _top1 in (
             _mode,
             S.BLOCK_MOBILEVIT,
             transformer_dropout=_drop,
-            display_name=_disp,
-            cvnets_name=f"mobilevit_{_mode}",
-            imagenet_top1=_top1,
-            top1_source="ml-cvnets model zoo",
+            published=S.Published(_disp, f"mobilevit_{_mode}", _top1, "ml-cvnets model zoo"),
         )
     )
 
@@ -140,9 +150,8 @@ for _w in _WIDTHS:
             f"mobilevitv2_{_width_tag(_w)}",
             _w,
             S.BLOCK_MOBILEVITV2,
-            display_name=f"MobileViTv2-{_w}",
-            cvnets_name=f"mobilevit_v2_w{_w}",
-            imagenet_top1=_V2_TOP1[_w],
-            top1_source="ml-cvnets model zoo",
+            published=S.Published(
+                f"MobileViTv2-{_w}", f"mobilevit_v2_w{_w}", _V2_TOP1[_w], "ml-cvnets model zoo"
+            ),
         )
     )

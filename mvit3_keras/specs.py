@@ -4,11 +4,11 @@ The numbers reproduce the official configurations:
 
 * v1 family (MobileViTv1 and MobileViTv3-S/XS/XXS and their L2 versions):
   ``cvnets/models/classification/config/mobilevit.py`` of apple/ml-cvnets
-  @d38a116 with the MobileViTv3 overlay (reference NOTES.md section 2,
-  NOTES_baselines.md section 1).
+  @d38a116 with the MobileViTv3 overlay (``MobileViTv3-v1/`` of
+  micronDLA/MobileViTv3; MobileViTv3 paper, Table 1).
 * v2 family (MobileViTv2 and MobileViTv3-0.5 ... 2.0): ``config/mobilevit_v2.py``
-  of ml-cvnets @84d992f with the overlay; all widths are one function of the
-  width multiplier (NOTES.md section 3).
+  of ml-cvnets @84d992f with the overlay (``MobileViTv3-v2/``); all widths are
+  one function of the width multiplier (MobileViTv2 paper, section 4).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Optional
 
 # Block kinds. The two families differ in their token mixer; within a family the
 # MobileViTv3 block and its baseline differ in how local, global and input
-# features are fused (MobileViTv3 paper, section 3; NOTES_baselines.md).
+# features are fused (MobileViTv3 paper, section 3; docs/semantics.md sections 2, 3, 10, 11).
 V1_FAMILY = "v1"  # unfold -> pre-norm transformer (MHA) -> LayerNorm -> fold
 V2_FAMILY = "v2"  # unfold -> linear (separable) attention -> GroupNorm(1) -> fold
 
@@ -107,7 +107,7 @@ class ModelSpec:
 
 
 # ---------------------------------------------------------------------------
-# v1 family: a table per mode (NOTES.md section 2, NOTES_baselines.md section 1)
+# v1 family: a table per mode (``config/mobilevit.py``, MobileViTv3-v1 overlay)
 # ---------------------------------------------------------------------------
 # mode: (layer_1, layer_2, (C, d, ffn) x 3, expand ratio)
 _V1_WIDTHS = {
@@ -122,6 +122,35 @@ _V1_WIDTHS = {
 }
 
 
+# What every variant of a family shares: the v1 tree trains on OpenCV (BGR) images
+# and evaluates with bilinear resizing, the v2 tree on PIL (RGB) images, bicubic.
+_FAMILY_TRAITS = {
+    V1_FAMILY: dict(
+        stem_channels=16,
+        classifier_dropout=0.1,
+        input_channel_order="bgr",
+        eval_resize_interpolation="bilinear",
+    ),
+    V2_FAMILY: dict(
+        exp_channels=None,
+        classifier_dropout=0.0,
+        transformer_dropout=0.0,
+        input_channel_order="rgb",
+        eval_resize_interpolation="bicubic",
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Published:
+    """How a variant is published: names and ImageNet-1k top-1 (%) with its source."""
+
+    display_name: str
+    cvnets_name: str  # stem of reference/keys/cls_<cvnets_name>.json
+    imagenet_top1: Optional[float] = None
+    top1_source: str = ""
+
+
 def v1_family_spec(
     name: str,
     mode: str,
@@ -129,11 +158,9 @@ def v1_family_spec(
     *,
     layer_4_blocks: int = 4,
     transformer_dropout: float,
-    display_name: str,
-    cvnets_name: str,
-    imagenet_top1: Optional[float],
-    top1_source: str,
+    published: Published,
 ) -> ModelSpec:
+    """A v1-family variant (``config/mobilevit.py`` ``mode``: ``x_small_v3`` ...)."""
     l1, l2, vit, expand = _V1_WIDTHS[mode]
     blocks = (2, layer_4_blocks, 3)
     vit_stages = [
@@ -147,21 +174,15 @@ def v1_family_spec(
         name=name,
         family=V1_FAMILY,
         block=block,
-        stem_channels=16,
         layer_1=MV2StageSpec(l1, 1, 1, expand),
         layer_2=MV2StageSpec(l2, 3, 2, expand),
         layer_3=vit_stages[0],
         layer_4=vit_stages[1],
         layer_5=vit_stages[2],
         exp_channels=min(4 * c5, 960),
-        classifier_dropout=0.1,
         transformer_dropout=transformer_dropout,
-        input_channel_order="bgr",
-        cvnets_name=cvnets_name,
-        display_name=display_name,
-        imagenet_top1=imagenet_top1,
-        top1_source=top1_source,
-        eval_resize_interpolation="bilinear",
+        **_FAMILY_TRAITS[V1_FAMILY],
+        **dataclasses.asdict(published),
     )
 
 
@@ -170,12 +191,10 @@ def v2_family_spec(
     width: float,
     block: str,
     *,
-    display_name: str,
-    cvnets_name: str,
-    imagenet_top1: Optional[float],
-    top1_source: str,
+    published: Published,
 ) -> ModelSpec:
-    """MobileViTv2 / MobileViTv3-v2 widths as a function of the multiplier."""
+    """MobileViTv2 / MobileViTv3-v2 widths as a function of the multiplier
+    (``config/mobilevit_v2.py``)."""
     stem = make_divisible(min(64.0, max(16.0, 32 * width)), 8)
     l1 = make_divisible(64 * width, 16)
     l2, l3, l4, l5 = (make_divisible(c * width, 8) for c in (128, 256, 384, 512))
@@ -200,13 +219,6 @@ def v2_family_spec(
         layer_3=vit[0],
         layer_4=vit[1],
         layer_5=vit[2],
-        exp_channels=None,
-        classifier_dropout=0.0,
-        transformer_dropout=0.0,
-        input_channel_order="rgb",
-        cvnets_name=cvnets_name,
-        display_name=display_name,
-        imagenet_top1=imagenet_top1,
-        top1_source=top1_source,
-        eval_resize_interpolation="bicubic",
+        **_FAMILY_TRAITS[V2_FAMILY],
+        **dataclasses.asdict(published),
     )

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 from mvit3_keras import specs as S
-from mvit3_keras.registry import _REGISTRY
+from mvit3_keras.registry import get_spec, list_models
 
 
 def _shape(state, key, dim):
@@ -64,8 +64,8 @@ def guess_variant(state: Mapping) -> Optional[str]:
     sig = checkpoint_signature(state)
     if sig is None:
         return None
-    for name, spec in _REGISTRY.items():
-        if spec_signature(spec) == sig:
+    for name in list_models():
+        if spec_signature(get_spec(name)) == sig:
             return name
     return None
 

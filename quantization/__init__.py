@@ -12,8 +12,14 @@ import importlib
 
 _API = {
     "export_tflite": "quantization.export",
+    "ExportOptions": "quantization.export_options",
+    "ExportReport": "quantization.export",
+    "QuantType": "quantization.export_options",
+    "Target": "quantization.export_options",
+    "TFLiteReport": "quantization.inspection",
+    "VerifyResult": "quantization.verify",
     "QUANT_TYPES": "quantization.export",
-    "cosine_similarity": "quantization.export",
+    "cosine_similarity": "quantization.verify",
     "prepare_for_export": "quantization.graph_rewrite",
     "inspect_tflite": "quantization.inspection",
     "check_tflite": "quantization.inspection",

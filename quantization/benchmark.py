@@ -90,7 +90,7 @@ def profile_ops(
     report = inspect_tflite(model)
     rng = np.random.default_rng(0)
     rows = []
-    for op in report["ops"]:
+    for op in report.ops:
         data = single_op_model(model, op["index"])
         try:
             interpreter = load_interpreter(data, num_threads=num_threads, use_xnnpack=use_xnnpack)

@@ -6,10 +6,17 @@
 callable yielding the same. The images must be preprocessed exactly as the
 model sees them in training (TF Model Garden rule: calibrate with the training
 input pipeline) - for these models float images in [0, 1], channels last.
+
+It may also be a folder (``str`` / ``os.PathLike``) of JPEG / PNG files of any
+size (:func:`folder_images`): each image goes through the evaluation transform of
+the model's official recipe (:func:`evaluation_transform`, built from
+:mod:`training.augment`: ml-cvnets' ``data/transforms/image_pil.py`` resize +
+center crop for classifiers, a plain resize for segmenters and detectors).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -113,3 +120,99 @@ def representative_dataset(images: np.ndarray, batch_size: int = 1):
             yield [images[start : start + batch_size]]
 
     return generator
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def is_image_folder(data) -> bool:
+    """Whether ``representative_data`` names a folder (a ``str`` / path)."""
+    return isinstance(data, (str, os.PathLike))
+
+
+def _image_files(folder: str) -> list:
+    if not os.path.isdir(folder):
+        raise ValueError(f"calibration image folder {folder!r} does not exist (or is not a folder)")
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        files += [
+            os.path.join(root, n) for n in sorted(names) if n.lower().endswith(IMAGE_EXTENSIONS)
+        ]
+    return files
+
+
+def _recipe_values(model) -> dict:
+    """The values of the official recipe of ``model``'s variant (``{}`` when the
+    model carries no :class:`mvit3_keras.ModelRecord`)."""
+    from mvit3_keras import model_record
+    from training import recipes
+
+    record = model_record(model) if model is not None else None
+    if record is None:
+        return {}
+    task = "segmentation" if record.task == "segmentation" else "classification"
+    name = recipes.default_recipe(record.variant, task, "imagenet")
+    return recipes.get_recipe(name).to_dict()
+
+
+def evaluation_transform(model, input_shape: tuple):
+    """``uint8 [h, w, 3]`` image -> float32 ``input_shape`` in [0, 1]: the evaluation
+    transform of ``model``'s official recipe (``training.augment``): classifiers
+    resize the shorter side and center crop (the recipe's 288 / 256 ratio and
+    interpolation), segmenters and detectors resize to the input size."""
+    import tensorflow as tf
+
+    from mvit3_keras import model_record
+    from training import augment
+    from training.recipes import get
+
+    values = _recipe_values(model)
+    height, width = int(input_shape[0]), int(input_shape[1])
+    interpolation = get(values, "image_augmentation.resize.interpolation", "bilinear")
+    channel_order = get(values, "runtime.channel_order", "rgb")
+    record = model_record(model) if model is not None else None
+    crops = (record is None or record.task == "classification") and height == width
+
+    def transform(image):
+        if crops:
+            short, crop = augment.eval_sizes(values, height)
+            image = augment.resize_shorter_side(image, short, interpolation)
+            image = augment.center_crop(image, crop)
+        else:
+            image = augment.resize(image, (height, width), interpolation)
+        return augment.to_model_input(image, channel_order).numpy()
+
+    return lambda image: transform(tf.convert_to_tensor(image))
+
+
+def folder_images(folder, transform, *, num_samples: int = 100) -> np.ndarray:
+    """Up to ``num_samples`` images of ``folder`` (JPEG / PNG, sorted paths, sub-folders
+    included) through ``transform`` (:func:`evaluation_transform`). Files that do not
+    decode are skipped; a folder without a readable image raises ``ValueError``."""
+    import tensorflow as tf
+
+    folder = os.fspath(folder)
+    files = _image_files(folder)
+    images, unreadable = [], []
+    for path in files:
+        if len(images) >= num_samples:
+            break
+        try:
+            data = tf.io.read_file(path)
+            image = tf.io.decode_image(data, channels=3, expand_animations=False)
+        except (tf.errors.OpError, ValueError):
+            unreadable.append(os.path.basename(path))
+            continue
+        images.append(transform(image))
+    if not images:
+        found = f"{len(files)} unreadable file(s), e.g. {unreadable[0]}" if files else "no file"
+        raise ValueError(
+            f"calibration image folder {folder!r} has no readable image ({found}): it needs "
+            f"JPEG / PNG files ({', '.join(IMAGE_EXTENSIONS)}), in it or in sub-folders"
+        )
+    progress.stage(
+        f"calibration: {len(images)} images of {folder} (evaluation transform)"
+        + (f"; {len(unreadable)} unreadable skipped" if unreadable else "")
+    )
+    return np.stack(images).astype(np.float32)

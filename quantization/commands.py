@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 
-from quantization.export import FLOAT_ISLANDS, QUANT_TYPES, TARGETS
+from quantization.export_options import FLOAT_ISLANDS, QUANT_TYPES, TARGETS, parse_keep_float
+from quantization.qat_config import TARGETS as QAT_TARGETS
 
 
 def _add_data_args(p, *, split_default: str, what: str) -> None:
@@ -24,31 +25,47 @@ def _add_data_args(p, *, split_default: str, what: str) -> None:
         help="training recipe whose evaluation transform preprocesses the images "
         "(default: the model's official recipe; 'demo' for --dataset demo)",
     )
-    p.add_argument("--model-name", default=None, help="variant name, to pick the default recipe")
-    p.add_argument("--task", default="classification", choices=("classification", "segmentation"))
+    p.add_argument(
+        "--model-name",
+        default=None,
+        help="variant name, to pick the default recipe (default: the one the .keras file records)",
+    )
+    p.add_argument(
+        "--task",
+        default=None,
+        choices=("classification", "segmentation"),
+        help="default: the task the .keras file records, else classification",
+    )
     p.add_argument("--data-dir", default=None, help="TFDS data_dir")
 
 
-def _keep_float(text):
-    if not text:
-        return ()
-    parts = tuple(p.strip() for p in text.split(",") if p.strip())
-    unknown = set(parts) - set(FLOAT_ISLANDS)
-    if unknown:
-        raise ValueError(f"--keep-float accepts {sorted(FLOAT_ISLANDS)}, got {sorted(unknown)}")
-    return parts
-
-
-def register(subparsers) -> None:
-    """Add this package's sub-commands to the ``mvit3`` parser."""
+def _add_export_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "export",
         help="export a .keras model to a checked, verified .tflite (fp32 ... int8, QAT)",
     )
     p.add_argument("model", help="MODEL.keras (float, or a QAT model from `mvit3 qat`)")
     p.add_argument("--output", required=True, help="FILE.tflite")
-    p.add_argument("--quant", default="int8", choices=QUANT_TYPES)
-    p.add_argument("--target", default="generic", choices=TARGETS)
+    p.add_argument(
+        "--quant",
+        default=None,
+        choices=QUANT_TYPES,
+        help="default: the target's (cpu/generic int8, npu/edgetpu int8_full, gpu fp16)",
+    )
+    p.add_argument(
+        "--target",
+        default="cpu",
+        choices=TARGETS,
+        help="device: cpu (XNNPACK, default), npu (NNAPI, full-integer), edgetpu, gpu "
+        "(float16), generic (every op int8, float I/O)",
+    )
+    p.add_argument(
+        "--calibration-images",
+        default=None,
+        metavar="DIR",
+        help="calibrate on a folder of JPEG / PNG images (any size; the model's evaluation "
+        "transform resizes them), instead of --dataset",
+    )
     p.add_argument(
         "--image-size",
         type=int,
@@ -61,8 +78,9 @@ def register(subparsers) -> None:
     p.add_argument("--calibration-samples", type=int, default=200)
     p.add_argument(
         "--keep-float",
-        default="",
-        help=f"CPU int8: keep {', '.join(FLOAT_ISLANDS)} in float32 (comma separated)",
+        default=None,
+        help=f"CPU int8: keep {', '.join(FLOAT_ISLANDS)} in float32 (comma separated; "
+        "'none': every op int8; default: the target's choice)",
     )
     p.add_argument(
         "--no-verify",
@@ -73,6 +91,8 @@ def register(subparsers) -> None:
     _add_data_args(p, split_default="train", what="calibration data")
     p.set_defaults(handler=_cmd_export)
 
+
+def _add_evaluate_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "evaluate-tflite",
         help="accuracy of a .tflite in LiteRT side by side with the float Keras model",
@@ -91,6 +111,9 @@ def register(subparsers) -> None:
     _add_data_args(p, split_default="validation", what="evaluation data")
     p.set_defaults(handler=_cmd_evaluate)
 
+
+def _add_file_tool_parsers(subparsers) -> None:
+    """``benchmark``, ``edgetpu-report`` and ``inspect-tflite``: tools on a .tflite file."""
     p = subparsers.add_parser(
         "benchmark", help="LiteRT latency (XNNPACK): warm-up, median, p90; optional per-op profile"
     )
@@ -118,6 +141,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", default=None, metavar="FILE")
     p.set_defaults(handler=_cmd_inspect)
 
+
+def _add_qat_parser(subparsers) -> None:
     p = subparsers.add_parser(
         "qat",
         help="quantization-aware fine-tuning of a trained float model (then export --quant qat)",
@@ -129,7 +154,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps-per-epoch", type=int, default=None)
     p.add_argument("--calibration-samples", type=int, default=256)
-    p.add_argument("--target", default="generic", choices=TARGETS)
+    p.add_argument("--target", default="generic", choices=QAT_TARGETS)
     p.add_argument("--keep-float", default="", help="generic target: attention,normalization")
     p.add_argument(
         "--export",
@@ -139,6 +164,14 @@ def register(subparsers) -> None:
     )
     _add_data_args(p, split_default="train", what="training data")
     p.set_defaults(handler=_cmd_qat)
+
+
+def register(subparsers) -> None:
+    """Add this package's sub-commands to the ``mvit3`` parser."""
+    _add_export_parser(subparsers)
+    _add_evaluate_parser(subparsers)
+    _add_file_tool_parsers(subparsers)
+    _add_qat_parser(subparsers)
 
 
 def _write_json(path, payload) -> None:
@@ -158,77 +191,103 @@ def _input_hw(model, image_size):
     return int(shape[1]), int(shape[2])
 
 
-def _cmd_export(args) -> int:
-    from quantization.export import _load_model, export_tflite
+def recorded_identity(args, model) -> tuple:
+    """``(variant name, task)``: the command line's, else what the saved model records
+    (:func:`mvit3_keras.model_record`), else ``(None, "classification")``."""
+    from mvit3_keras import model_record
+
+    record = model_record(model) if model is not None else None
+    name = args.model_name or (record.variant if record else None)
+    task = args.task
+    if task is None:
+        recorded = record.task if record else None
+        task = recorded if recorded in ("classification", "segmentation") else "classification"
+    return name, task
+
+
+def _calibration_data(args, options, h: int, w: int, model=None):
+    """Images of ``--dataset`` (recipe evaluation transform), the ``--calibration-images``
+    folder (the export reads it), or None when not needed."""
+    if args.calibration_images:
+        if args.dataset:
+            raise ValueError("pass --dataset or --calibration-images, not both")
+        return args.calibration_images
+    if not args.dataset:
+        if options.needs_calibration:
+            raise ValueError(
+                f"--quant {options.quant.value} needs calibration data: pass "
+                "--calibration-images DIR (JPEG / PNG files) or --dataset (the training data, "
+                "e.g. --dataset demo or a TFDS name) and --split train"
+            )
+        return None
+    from quantization.data import dataset_arrays
+
+    if h != w:
+        raise ValueError("calibration from --dataset needs a square --image-size")
+    model_name, task = recorded_identity(args, model)
+    data, _ = dataset_arrays(
+        args.dataset,
+        image_size=h,
+        split=args.split,
+        limit=args.calibration_samples,
+        task=task,
+        model=model_name,
+        recipe=args.recipe,
+        data_dir=args.data_dir,
+    )
+    print(
+        f"calibration: {len(data)} images of {args.dataset}/{args.split} "
+        f"({h}x{w}, recipe evaluation transform)"
+    )
+    return data
+
+
+def _print_export_report(report) -> None:
     from quantization.inspection import format_report
 
-    model = _load_model(args.model)
-    h, w = _input_hw(model, args.image_size)
-    data = None
-    needs_data = args.quant in ("int8", "int8_full") or (
-        args.target == "edgetpu" and args.quant != "qat"
+    print(
+        f"wrote {report.path} ({report.quant.value}, target {report.target.value}) in "
+        f"{report.seconds} s"
     )
-    if args.dataset:
-        from quantization.data import dataset_arrays
-
-        if h != w:
-            raise ValueError("calibration from --dataset needs a square --image-size")
-        data, _ = dataset_arrays(
-            args.dataset,
-            image_size=h,
-            split=args.split,
-            limit=args.calibration_samples,
-            task=args.task,
-            model=args.model_name,
-            recipe=args.recipe,
-            data_dir=args.data_dir,
-        )
+    print(format_report(report.file))
+    v = report.verify
+    if v is not None and v.cosine_vs_float_mean is not None:
         print(
-            f"calibration: {len(data)} images of {args.dataset}/{args.split} "
-            f"({h}x{w}, recipe evaluation transform)"
+            f"verified in a separate {v.backend} process: output cosine vs the Keras graph "
+            f"{v.cosine_vs_float_mean:.5f} (min {v.cosine_vs_float_min:.5f}) on "
+            f"{v.num_images} images"
         )
-    elif needs_data:
-        raise ValueError(
-            f"--quant {args.quant} needs calibration data: pass --dataset (the training data, "
-            "e.g. --dataset demo or a TFDS name) and --split train"
-        )
-    report = export_tflite(
-        model,
-        args.output,
+    elif v is not None:
+        print(f"verified in a separate {v.backend} process on {v.num_images} images")
+    if report.delegates is not None:
+        print(report.delegates.format())
+
+
+def _cmd_export(args) -> int:
+    from quantization.export import ExportOptions, export_tflite, load_keras_model
+
+    model = load_keras_model(args.model)
+    h, w = _input_hw(model, args.image_size)
+    options = ExportOptions(
         quant=args.quant,
-        representative_data=data,
-        num_calibration_samples=args.calibration_samples,
         target=args.target,
         input_shape=(h, w, int(model.inputs[0].shape[-1])),
         batch_size=args.batch_size,
-        keep_float=_keep_float(args.keep_float),
+        keep_float=None if args.keep_float is None else parse_keep_float(args.keep_float),
+        num_calibration_samples=args.calibration_samples,
         verify=not args.no_verify,
     )
-    print(f"wrote {args.output} ({args.quant}, target {args.target}) in {report['seconds']} s")
-    print(format_report(report))
-    if "verify" in report:
-        v = report["verify"]
-        print(
-            f"verified in a separate {v['backend']} process: output cosine vs the Keras graph "
-            f"{v['cosine_vs_float_mean']:.5f} (min {v['cosine_vs_float_min']:.5f}) on "
-            f"{v['num_images']} images"
-        )
-    if "edgetpu" in report:
-        e = report["edgetpu"]
-        first = e["first_cpu_op"]
-        print(
-            f"Edge TPU: {100 * e['mapped_op_share']:.1f}% of ops, "
-            f"{100 * e['mapped_mac_share']:.1f}% of MACs mappable"
-            + ("" if first is None else f"; first CPU op: #{first['index']} {first['op']}")
-        )
-    _write_json(args.json, report)
+    data = _calibration_data(args, options, h, w, model)
+    report = export_tflite(model, args.output, options, representative_data=data)
+    _print_export_report(report)
+    _write_json(args.json, report.to_dict())
     return 0
 
 
 def _cmd_evaluate(args) -> int:
     from quantization.data import dataset_arrays
     from quantization.evaluate import evaluate_tflite, format_evaluation
-    from quantization.export import _load_model
+    from quantization.export import load_keras_model
     from quantization.runtime import TFLiteRunner
 
     if not args.dataset:
@@ -236,23 +295,24 @@ def _cmd_evaluate(args) -> int:
     shape = TFLiteRunner(args.tflite).input_shape
     if shape[1] != shape[2]:
         raise ValueError(f"the model input {shape[1:3]} is not square; evaluate from Python")
+    keras_model = load_keras_model(args.keras) if args.keras else None
+    model_name, task = recorded_identity(args, keras_model)
     images, labels = dataset_arrays(
         args.dataset,
         image_size=int(shape[1]),
         split=args.split,
         limit=args.limit,
-        task=args.task,
-        model=args.model_name,
+        task=task,
+        model=model_name,
         recipe=args.recipe,
         data_dir=args.data_dir,
     )
-    keras_model = _load_model(args.keras) if args.keras else None
     result = evaluate_tflite(
         args.tflite,
         images,
         labels,
         keras_model=keras_model,
-        task=args.task,
+        task=task,
         ignore_index=args.ignore_index,
         num_threads=args.threads,
     )
@@ -310,7 +370,7 @@ def _cmd_inspect(args) -> int:
 
     report = inspect_tflite(args.tflite)
     print(format_report(report, max_ops=args.ops))
-    _write_json(args.json, report)
+    _write_json(args.json, report.to_dict())
     return 0
 
 
@@ -320,7 +380,7 @@ def _cmd_qat(args) -> int:
 
     if not args.dataset:
         raise ValueError("pass --dataset: the data the float model was trained on")
-    config = QuantizeConfig(target=args.target, keep_float=_keep_float(args.keep_float))
+    config = QuantizeConfig(target=args.target, keep_float=parse_keep_float(args.keep_float))
     summary = qat_finetune(
         args.model,
         args.dataset,
@@ -332,6 +392,7 @@ def _cmd_qat(args) -> int:
         calibration_samples=args.calibration_samples,
         recipe=args.recipe,
         model_name=args.model_name,
+        task=args.task,
         config=config,
         data_dir=args.data_dir,
     )
@@ -345,7 +406,7 @@ def _cmd_qat(args) -> int:
 
         report = export_tflite(args.output, args.export, quant="qat", target=args.target)
         print(
-            f"wrote {args.export}: {report['size_bytes'] / 1024:.0f} KiB, output cosine vs the "
-            f"QAT model {report['verify']['cosine_vs_float_mean']:.5f}"
+            f"wrote {args.export}: {report.file.size_bytes / 1024:.0f} KiB, output cosine vs "
+            f"the QAT model {report.verify.cosine_vs_float_mean:.5f}"
         )
     return 0

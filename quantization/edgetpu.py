@@ -27,6 +27,7 @@ log is parsed; the report then carries both views.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -366,6 +367,24 @@ def edgetpu_report(source) -> dict:
     if not isinstance(source, (bytes, bytearray)) and shutil.which("edgetpu_compiler"):
         report["compiler"] = run_edgetpu_compiler(source)
     return report
+
+
+@dataclasses.dataclass(frozen=True)
+class EdgeTPUSummary:
+    """The headline of :func:`edgetpu_report`: share of ops / MACs before the first
+    op the compiler leaves on the CPU, and that op (``None``: everything maps)."""
+
+    mapped_op_share: float
+    mapped_mac_share: float
+    first_cpu_op: Optional[dict]
+    num_ops: int
+
+    @classmethod
+    def from_report(cls, report: dict) -> EdgeTPUSummary:
+        return cls(**{f.name: report[f.name] for f in dataclasses.fields(cls)})
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 _LOG_LINE = re.compile(r"^\s*([A-Z_0-9]+)\s+(\d+)\s+(.+?)\s*$")

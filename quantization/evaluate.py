@@ -13,8 +13,8 @@ from typing import Optional
 import numpy as np
 
 from mvit3_keras import progress
-from quantization.export import cosine_similarity
 from quantization.runtime import TFLiteRunner
+from quantization.verify import cosine_similarity
 
 
 def _topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -71,6 +71,9 @@ def evaluate_tflite(
     batch_size: int = 64,
 ) -> dict:
     """Metrics of the TFLite model (and of ``keras_model`` when given) on the data."""
+    score = TASK_METRICS.get(task)
+    if score is None:
+        raise ValueError(f"task must be one of {', '.join(TASK_METRICS)}, got {task!r}")
     runner = TFLiteRunner(tflite_model, num_threads=num_threads)
     chunks = range(0, len(images), batch_size)
     outs = []
@@ -80,15 +83,26 @@ def evaluate_tflite(
     out = np.concatenate(outs)
     result = {"num_images": int(len(images)), "runtime": runner.backend}
     ref = None if keras_model is None else _keras_outputs(keras_model, images, batch_size)
-    if task == "classification":
-        result["tflite"] = classification_metrics(out, labels)
-        if ref is not None:
-            result["keras"] = classification_metrics(ref, labels)
-            result["agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
-            cos = cosine_similarity(out, ref)
-            result["cosine_mean"] = float(cos.mean())
-            result["cosine_min"] = float(cos.min())
-        return result
+    result.update(score(out, ref, labels, num_classes=num_classes, ignore_index=ignore_index))
+    return result
+
+
+def classification_result(out, ref, labels, **_) -> dict:
+    """Top-1 / top-5 of the file (and of the Keras model), their agreement and the logit
+    cosine."""
+    result = {"tflite": classification_metrics(out, labels)}
+    if ref is not None:
+        result["keras"] = classification_metrics(ref, labels)
+        result["agreement"] = float(np.mean(out.argmax(-1) == ref.argmax(-1)))
+        cos = cosine_similarity(out, ref)
+        result["cosine_mean"] = float(cos.mean())
+        result["cosine_min"] = float(cos.min())
+    return result
+
+
+def segmentation_result(out, ref, labels, *, num_classes=None, ignore_index=255) -> dict:
+    """mIoU / pixel accuracy of the file's masks (and of the Keras model's), and the
+    pixel agreement of the two."""
     pred = out if out.ndim == 3 else out.argmax(-1)
     if num_classes is None:
         num_classes = (
@@ -99,7 +113,7 @@ def evaluate_tflite(
             f"prediction maps {pred.shape[1:]} and label masks {labels.shape[1:]} differ; export "
             "the segmenter with output_resolution='input'"
         )
-    result["tflite"] = segmentation_metrics(pred, labels, num_classes, ignore_index)
+    result = {"tflite": segmentation_metrics(pred, labels, num_classes, ignore_index)}
     if ref is not None:
         ref_pred = ref if ref.ndim == 3 else ref.argmax(-1)
         result["keras"] = segmentation_metrics(ref_pred, labels, num_classes, ignore_index)
@@ -107,6 +121,10 @@ def evaluate_tflite(
         if out.ndim == 4 and ref.ndim == 4:
             result["cosine_mean"] = float(cosine_similarity(out, ref).mean())
     return result
+
+
+TASK_METRICS = {"classification": classification_result, "segmentation": segmentation_result}
+"""How a file's outputs are scored, per task."""
 
 
 def format_evaluation(result: dict, name: str = "tflite") -> str:

@@ -1,15 +1,17 @@
-"""Model transformations for export: clone a functional model with some layers swapped.
+"""Export formulation of a model: the inference passes it shares plus export passes.
 
-:func:`prepare_for_export` returns a model that computes the same function
-(float outputs equal up to float32 rounding, tested) with the layers in the
-formulations of :mod:`quantization.export_layers`, at a static input shape
-(batch 1 by default). It is what :func:`quantization.export_tflite` converts and
-what :func:`quantization.quantize_model` instruments.
-
-``target="edgetpu"`` additionally replaces ``Dense`` layers that act on rank-4
-token maps (the v1-family transformer projections and FFN) by the equivalent
-1x1 ``Conv2D`` (the Edge TPU maps ``FULLY_CONNECTED`` only with a
-one-dimensional output), and uses the Edge TPU flavours of fold and softmax.
+:func:`prepare_for_export` returns a model that computes the same function (float
+outputs equal up to float32 rounding, tested) in the export formulations of the
+model's own layers (``target`` switches of ``Unfold`` / ``Fold`` /
+``LinearSelfAttention``, LayerNorm / GroupNorm(1) as
+:class:`mvit3_keras.layers.NormalizationExport`) at a static input shape (batch 1
+by default). It is what :func:`quantization.export_tflite` converts and what
+:func:`quantization.quantize_model` instruments. Its passes (plans made on the
+model, applied in one clone, :func:`export_rewrites`):
+:func:`mvit3_keras.inference.fold_norm_affine`, :func:`export_formulation` and,
+for ``target="edgetpu"``, :func:`mvit3_keras.inference.dense_as_conv`: the Edge
+TPU maps ``FULLY_CONNECTED`` only with a one-dimensional output, so the v1-family
+transformer projections and FFN (Dense on rank-4 token maps) become 1x1 convs.
 """
 
 from __future__ import annotations
@@ -19,22 +21,20 @@ from typing import Optional
 import keras
 import numpy as np
 
-from mvit3_keras.folding import (
-    _input_rank,
-    _is_foldable_norm,
-    _is_pointwise_linear,
-    affine_fold_plan,
-    folded_pointwise,
+from mvit3_keras.folding import affine_fold_plan, input_rank
+from mvit3_keras.graph_clone import iter_layers
+from mvit3_keras.inference import (
+    Rewrite,
+    apply_rewrites,
+    dense_as_conv_rewrite,
+    norm_affine_rewrite,
 )
-from mvit3_keras.graph_clone import clone_with
-from mvit3_keras.inference import dense_as_conv
-from mvit3_keras.layers import Fold, LinearSelfAttention, Unfold
-from quantization.export_layers import (
-    FoldExport,
-    LinearSelfAttentionExport,
+from mvit3_keras.layers import (
+    Fold,
+    LinearSelfAttention,
     NormalizationExport,
-    UnfoldExport,
-    _check_target,
+    Unfold,
+    check_target,
 )
 
 
@@ -48,59 +48,64 @@ def _norm_weights(old, new):
         getattr(new, name).assign(value)
 
 
-def export_replacement(layer, target: str, plan: Optional[dict] = None):
-    """``(new_layer, weight_fn)`` for a layer with an export formulation, else None."""
-    plan = plan or {}
-    if layer.name in plan and _is_foldable_norm(layer):
-        axes = (-1,) if isinstance(layer, keras.layers.LayerNormalization) else (1, 2, 3)
-        new = NormalizationExport(
-            axes, layer.epsilon, False, False, name=layer.name, dtype=layer.dtype_policy
-        )
-        return new, None
-    if layer.name in plan and _is_pointwise_linear(layer):
-        norm = plan[layer.name]
-        as_conv = type(layer) is keras.layers.Conv2D or (
-            target == "edgetpu" and _input_rank(layer) == 4
-        )
-        return folded_pointwise(layer, norm, as_conv)
+def _export_norm_axes(layer):
+    """``axes`` of the :class:`NormalizationExport` that computes ``layer``, or None."""
+    rank = input_rank(layer)
     if isinstance(layer, keras.layers.LayerNormalization):
         axis = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
-        rank = _input_rank(layer)
         if rank is not None and [a % rank for a in axis] != [rank - 1]:
             return None  # only last-axis LayerNorm is used by these models
-        new = NormalizationExport(
-            (-1,),
-            layer.epsilon,
-            layer.center,
-            layer.scale,
-            name=layer.name,
-            dtype=layer.dtype_policy,
-        )
-        return new, _norm_weights
+        return (-1,)
     if isinstance(layer, keras.layers.GroupNormalization) and layer.groups == 1:
-        if _input_rank(layer) not in (None, 4):
-            return None
+        return (1, 2, 3) if rank in (None, 4) else None
+    return None
+
+
+def export_replacement(layer, target: str, affine=None):
+    """``(new_layer, weight_fn)`` for a layer with an export formulation, else None
+    (a norm in ``affine`` loses its affine: it moved into the next layer)."""
+    axes = _export_norm_axes(layer)
+    if axes is not None:
+        with_affine = layer.name not in (affine or {})
         new = NormalizationExport(
-            (1, 2, 3),
+            axes,
             layer.epsilon,
-            layer.center,
-            layer.scale,
+            layer.center and with_affine,
+            layer.scale and with_affine,
             name=layer.name,
             dtype=layer.dtype_policy,
         )
-        return new, _norm_weights
-    if isinstance(layer, Unfold):
-        return UnfoldExport(target, name=layer.name), None
-    if isinstance(layer, Fold):
-        return FoldExport(target, name=layer.name), None
-    if isinstance(layer, LinearSelfAttention):
-        new = LinearSelfAttentionExport(
-            target, attention_dropout=layer.attention_dropout, name=layer.name
-        )
-        return new, None
-    if target == "edgetpu" and type(layer) is keras.layers.Dense and _input_rank(layer) == 4:
-        return dense_as_conv(layer)
+        return new, (_norm_weights if with_affine else None)
+    if isinstance(layer, (Unfold, Fold, LinearSelfAttention)) and layer.target != target:
+        config = dict(layer.get_config(), target=target)
+        return layer.__class__.from_config(config), None
     return None
+
+
+def export_formulation_rewrite(model, target: str = "generic", affine=None) -> Rewrite:
+    """LayerNorm / GroupNorm(1) as :class:`NormalizationExport`; ``Unfold``, ``Fold`` and
+    ``LinearSelfAttention`` with their ``target`` formulation (static shapes needed)."""
+    check_target(target)
+    names = [x.name for x in iter_layers(model) if export_replacement(x, target) is not None]
+    return Rewrite(dict.fromkeys(names, lambda layer: export_replacement(layer, target, affine)))
+
+
+def export_formulation(model: keras.Model, target: str = "generic") -> keras.Model:
+    """Pass: :func:`export_formulation_rewrite` applied."""
+    return apply_rewrites(model, [export_formulation_rewrite(model, target)])
+
+
+def export_rewrites(model, target: str, fold_affine: bool = True) -> list:
+    """The plans of :func:`prepare_for_export`, all made on ``model``."""
+    affine = affine_fold_plan(model) if fold_affine else {}
+    edgetpu = target == "edgetpu"
+    rewrites = [
+        norm_affine_rewrite(model, affine, token_dense_as_conv=edgetpu),
+        export_formulation_rewrite(model, target, affine),
+    ]
+    if edgetpu:
+        rewrites.append(dense_as_conv_rewrite(model, exclude=affine))
+    return rewrites
 
 
 def prepare_for_export(
@@ -119,22 +124,17 @@ def prepare_for_export(
         input_shape: ``(H, W, C)``; default: the model's own (must be static).
         batch_size: static batch (1 for on-device inference); ``None`` keeps it dynamic.
         fold_norm_affine: move the norms' gamma / beta into the following 1x1
-            linear layer (:func:`affine_fold_plan`).
+            linear layer (:func:`mvit3_keras.inference.fold_norm_affine`).
     """
-    _check_target(target)
+    check_target(target)
     shape = tuple(model.inputs[0].shape[1:]) if input_shape is None else tuple(input_shape)
     if any(s is None for s in shape):
         raise ValueError(
             f"the model input {tuple(model.inputs[0].shape[1:])} has dynamic sides; pass "
             "input_shape=(H, W, 3) to export at a fixed size"
         )
-    plan = affine_fold_plan(model) if fold_norm_affine else {}
-    return clone_with(
-        model,
-        lambda layer: export_replacement(layer, target, plan),
-        input_shape=shape,
-        batch_size=batch_size,
-    )
+    rewrites = export_rewrites(model, target, fold_norm_affine)
+    return apply_rewrites(model, rewrites, input_shape=shape, batch_size=batch_size, copy=True)
 
 
 def max_abs_output_difference(a: keras.Model, b: keras.Model, images: np.ndarray) -> float:

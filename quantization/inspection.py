@@ -2,8 +2,8 @@
 
 Uses the flatbuffer schema that ships with ``ai_edge_litert``
 (``schema_py_generated``; falls back to TensorFlow's copy), so reading a model
-does not need TensorFlow. :func:`inspect_tflite` returns a plain dict (JSON
-serialisable); :func:`check_tflite` fails loudly when a file contains
+does not need TensorFlow. :func:`inspect_tflite` returns a typed
+:class:`TFLiteReport` (``to_dict()`` for JSON); :func:`check_tflite` fails loudly when a file contains
 TF Select (Flex) / custom ops, float kernels in an integer model, or dynamic
 shapes.
 """
@@ -11,6 +11,7 @@ shapes.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 from typing import Optional
 
@@ -109,7 +110,7 @@ def op_macs(model, subgraph, op) -> int:
     name = op_name(model, op)
     ins = [subgraph.tensors[i] for i in op.inputs if i >= 0]
     outs = [subgraph.tensors[i] for i in op.outputs]
-    if not ins or not outs:
+    if not ins or not outs or outs[0].shape is None:  # unranked (a custom op's output)
         return 0
     out_elems = _prod(outs[0].shape)
     if name == "CONV_2D" and len(ins) > 1:
@@ -136,20 +137,46 @@ def iter_ops(model, subgraph_index: int = 0):
         yield i, sg, op
 
 
-def inspect_tflite(source, *, include_ops: bool = True) -> dict:
-    """Report of a ``.tflite`` file (path or bytes).
+@dataclasses.dataclass(frozen=True)
+class TFLiteReport:
+    """What a ``.tflite`` file contains (:func:`inspect_tflite`).
 
-    Keys: ``size_bytes``, ``num_ops``, ``op_histogram`` (``"CONV_2D v3": n``),
-    ``activation_dtypes`` (non-constant tensors by dtype), ``int8_tensors``,
-    ``float_ops`` (ops computing on float activations), ``custom_ops``,
-    ``dynamic_tensors``, ``inputs`` / ``outputs`` (shape, dtype, scale, zero
-    point), ``macs``, ``min_runtime_version`` and, with ``include_ops``, the op
-    list (``index, op, version, inputs, outputs, macs``).
+    Tensors (``inputs``, ``outputs``, the ops' tensors) are the dicts of
+    :func:`tensor_info` (``index, name, shape, shape_signature, dtype, constant,
+    quantization``). ``ops`` is ``None`` unless asked for.
     """
-    model, data = read_model(source)
+
+    size_bytes: int
+    num_subgraphs: int
+    num_ops: int
+    op_histogram: dict  # "CONV_2D v3" -> count
+    activation_dtypes: dict  # dtype -> number of non-constant tensors
+    int8_tensors: int
+    num_tensors: int
+    float_ops: list  # {"index", "op", "output"}: ops computing on float activations
+    custom_ops: list  # {"index", "op"}
+    dynamic_tensors: list  # names of tensors with a dynamic shape signature
+    inputs: list
+    outputs: list
+    macs: int
+    min_runtime_version: Optional[str]
+    ops: Optional[list] = None  # {"index", "op", "version", "inputs", "outputs", "macs"}
+
+    def to_dict(self, *, include_ops: bool = True) -> dict:
+        """JSON-serialisable dict (``ops`` only when present and asked for)."""
+        out = dataclasses.asdict(self)
+        if not include_ops or self.ops is None:
+            out.pop("ops")
+        return out
+
+    def without_ops(self) -> TFLiteReport:
+        return dataclasses.replace(self, ops=None)
+
+
+def _op_rows(model, include_ops: bool) -> tuple:
+    """``(histogram, float_ops, custom_ops, ops, total_macs)`` over subgraph 0."""
     sg = model.subgraphs[0]
     histogram = collections.Counter()
-    activation_dtypes = collections.Counter()
     float_ops, custom_ops, ops = [], [], []
     total_macs = 0
     for i, _, op in iter_ops(model):
@@ -177,8 +204,14 @@ def inspect_tflite(source, *, include_ops: bool = True) -> dict:
                     "macs": macs,
                 }
             )
-    dynamic = []
-    int8_tensors = 0
+    return dict(sorted(histogram.items())), float_ops, custom_ops, ops, int(total_macs)
+
+
+def _tensor_census(model) -> tuple:
+    """``(activation dtypes, number of int8/uint8 tensors, dynamic tensor names)``."""
+    sg = model.subgraphs[0]
+    activation_dtypes = collections.Counter()
+    dynamic, int8_tensors = [], 0
     for idx in range(len(sg.tensors)):
         info = tensor_info(model, sg, idx)
         if info["dtype"] in ("int8", "uint8"):
@@ -187,98 +220,120 @@ def inspect_tflite(source, *, include_ops: bool = True) -> dict:
             activation_dtypes[info["dtype"]] += 1
         if info["shape_signature"] is not None and any(v < 0 for v in info["shape_signature"]):
             dynamic.append(info["name"])
-    min_runtime = None
+    return dict(activation_dtypes), int8_tensors, dynamic
+
+
+def _min_runtime_version(model) -> Optional[str]:
     for meta in model.metadata or []:
         if _decode(meta.name) == "min_runtime_version":
             raw = model.buffers[meta.buffer].data
             if raw is not None:
-                min_runtime = bytes(np.asarray(raw, dtype=np.uint8)).split(b"\0")[0].decode()
-    report = {
-        "size_bytes": len(data),
-        "num_subgraphs": len(model.subgraphs),
-        "num_ops": len(sg.operators),
-        "op_histogram": dict(sorted(histogram.items())),
-        "activation_dtypes": dict(activation_dtypes),
-        "int8_tensors": int8_tensors,
-        "num_tensors": len(sg.tensors),
-        "float_ops": float_ops,
-        "custom_ops": custom_ops,
-        "dynamic_tensors": dynamic,
-        "inputs": [tensor_info(model, sg, i) for i in sg.inputs],
-        "outputs": [tensor_info(model, sg, i) for i in sg.outputs],
-        "macs": int(total_macs),
-        "min_runtime_version": min_runtime,
-    }
-    if include_ops:
-        report["ops"] = ops
-    return report
+                return bytes(np.asarray(raw, dtype=np.uint8)).split(b"\0")[0].decode()
+    return None
 
 
-# What each export mode promises about the kernels of the file.
-_INTEGER_MODES = ("int8", "int8_full", "qat")
+def inspect_tflite(source, *, include_ops: bool = True) -> TFLiteReport:
+    """:class:`TFLiteReport` of a ``.tflite`` file (path or bytes); with
+    ``include_ops`` its ``ops`` list too."""
+    model, data = read_model(source)
+    sg = model.subgraphs[0]
+    histogram, float_ops, custom_ops, ops, macs = _op_rows(model, include_ops)
+    activation_dtypes, int8_tensors, dynamic = _tensor_census(model)
+    return TFLiteReport(
+        size_bytes=len(data),
+        num_subgraphs=len(model.subgraphs),
+        num_ops=len(sg.operators),
+        op_histogram=histogram,
+        activation_dtypes=activation_dtypes,
+        int8_tensors=int8_tensors,
+        num_tensors=len(sg.tensors),
+        float_ops=float_ops,
+        custom_ops=custom_ops,
+        dynamic_tensors=dynamic,
+        inputs=[tensor_info(model, sg, i) for i in sg.inputs],
+        outputs=[tensor_info(model, sg, i) for i in sg.outputs],
+        macs=macs,
+        min_runtime_version=_min_runtime_version(model),
+        ops=ops if include_ops else None,
+    )
 
 
 def check_tflite(
-    report: dict, quant: str, *, allow_float_ops: bool = False, expect_static: bool = True
-) -> dict:
-    """Raise :class:`ExportCheckError` if ``report`` breaks the promise of ``quant``.
+    report: TFLiteReport,
+    quant,
+    *,
+    allow_float_ops: bool = False,
+    expect_static: bool = True,
+    allowed_custom_ops: tuple = (),
+) -> TFLiteReport:
+    """Raise :class:`ExportCheckError` if ``report`` breaks the promise of ``quant``
+    (a :class:`quantization.export_options.QuantType` or its string).
 
-    * every mode: no TF Select (Flex) or other custom ops; static shapes;
+    * every mode: no TF Select (Flex) or other custom ops except
+      ``allowed_custom_ops`` (e.g. ``TFLite_Detection_PostProcess``, which every
+      LiteRT runtime registers); static shapes;
     * ``int8`` / ``qat``: every compute op has integer activations (only the
       input ``QUANTIZE`` and output ``DEQUANTIZE`` touch floats);
     * ``int8_full``: additionally integer model inputs and outputs;
     * ``fp32``: no integer activations; ``dynamic`` / ``fp16``: float activations.
     """
-    problems = []
-    if report["custom_ops"]:
-        flex = [c["op"] for c in report["custom_ops"]]
-        problems.append(
-            f"custom / TF Select (Flex) ops {sorted(set(flex))}: they need the Flex delegate "
-            "(not in LiteRT builtins, not on Android without the select-ops AAR, never on the "
-            "Edge TPU)"
-        )
-    if report["num_subgraphs"] != 1:
-        problems.append(f"{report['num_subgraphs']} subgraphs (control flow); expected 1")
-    if expect_static and report["dynamic_tensors"]:
-        names = report["dynamic_tensors"][:3]
+    from quantization.export_options import QuantType, parse_quant_type
+
+    quant = parse_quant_type(quant)
+    problems = _custom_op_problems(report, allowed_custom_ops)
+    if report.num_subgraphs != 1:
+        problems.append(f"{report.num_subgraphs} subgraphs (control flow); expected 1")
+    if expect_static and report.dynamic_tensors:
+        names = report.dynamic_tensors[:3]
         problems.append(f"dynamic tensor shapes (e.g. {names}); export with a static input shape")
-    if quant in _INTEGER_MODES and not allow_float_ops and report["float_ops"]:
-        ops = [f"{o['op']}#{o['index']} ({o['output']})" for o in report["float_ops"][:5]]
+    if quant.is_integer and not allow_float_ops and report.float_ops:
+        ops = [f"{o['op']}#{o['index']} ({o['output']})" for o in report.float_ops[:5]]
         problems.append(
-            f"{len(report['float_ops'])} op(s) run in float inside an integer model: {ops}"
+            f"{len(report.float_ops)} op(s) run in float inside an integer model: {ops}"
         )
-    if quant == "int8_full":
-        for t in report["inputs"] + report["outputs"]:
+    if quant is QuantType.INT8_FULL:
+        for t in report.inputs + report.outputs:
             if t["dtype"] not in ("int8", "uint8"):
                 problems.append(
                     f"model I/O tensor {t['name']!r} is {t['dtype']}, expected int8/uint8"
                 )
-    if quant == "fp32" and report["int8_tensors"]:
-        problems.append(f"{report['int8_tensors']} int8 tensors in an fp32 export")
+    if quant is QuantType.FP32 and report.int8_tensors:
+        problems.append(f"{report.int8_tensors} int8 tensors in an fp32 export")
     if problems:
         raise ExportCheckError(
-            f"exported model fails the '{quant}' checks:\n  - " + "\n  - ".join(problems)
+            f"exported model fails the '{quant.value}' checks:\n  - " + "\n  - ".join(problems)
         )
     return report
 
 
-def format_report(report: dict, *, max_ops: Optional[int] = 0) -> str:
+def _custom_op_problems(report: TFLiteReport, allowed_custom_ops: tuple) -> list:
+    allowed = {f"CUSTOM:{name}" for name in allowed_custom_ops}
+    custom = sorted({c["op"] for c in report.custom_ops} - allowed)
+    if not custom:
+        return []
+    return [
+        f"custom / TF Select (Flex) ops {custom}: they need the Flex delegate (not in LiteRT "
+        "builtins, not on Android without the select-ops AAR, never on the Edge TPU)"
+    ]
+
+
+def format_report(report: TFLiteReport, *, max_ops: Optional[int] = 0) -> str:
     """Human-readable summary (op histogram, I/O quantization, size)."""
     lines = [
-        f"size: {report['size_bytes'] / 1024:.1f} KiB, ops: {report['num_ops']}, "
-        f"MACs: {report['macs'] / 1e6:.1f}M, int8 tensors: {report['int8_tensors']}/"
-        f"{report['num_tensors']}, activation dtypes: {report['activation_dtypes']}",
+        f"size: {report.size_bytes / 1024:.1f} KiB, ops: {report.num_ops}, "
+        f"MACs: {report.macs / 1e6:.1f}M, int8 tensors: {report.int8_tensors}/"
+        f"{report.num_tensors}, activation dtypes: {report.activation_dtypes}",
     ]
-    for key in ("inputs", "outputs"):
-        for t in report[key]:
+    for kind, tensors in (("input", report.inputs), ("output", report.outputs)):
+        for t in tensors:
             q = t["quantization"]
             qs = "" if q is None else f" scale={q['scale']:.6g} zero_point={q['zero_point']}"
-            lines.append(f"{key[:-1]}: {t['name']} {t['shape']} {t['dtype']}{qs}")
-    lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in report["op_histogram"].items()))
-    if report["float_ops"]:
-        lines.append(f"float ops: {len(report['float_ops'])}")
-    if max_ops and "ops" in report:
-        for op in report["ops"][:max_ops]:
+            lines.append(f"{kind}: {t['name']} {t['shape']} {t['dtype']}{qs}")
+    lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in report.op_histogram.items()))
+    if report.float_ops:
+        lines.append(f"float ops: {len(report.float_ops)}")
+    if max_ops and report.ops:
+        for op in report.ops[:max_ops]:
             lines.append(
                 f"  #{op['index']:<4d} {op['op']} v{op['version']} -> "
                 f"{op['outputs'][0]['shape'] if op['outputs'] else ''}"

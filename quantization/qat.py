@@ -2,7 +2,7 @@
 
 ``quantize_model(model)`` -> a trainable functional model with fake
 quantization everywhere the int8 TFLite model quantizes (see
-:mod:`quantization.qat_config` for the scheme and :mod:`quantization.qat_layers`
+:mod:`quantization.qat_config` for the scheme and :mod:`mvit3_keras.layers.quantized`
 for the layers). Fine-tune it with ``model.fit`` (BatchNorm statistics stay
 frozen, ranges track moving averages), then
 ``export_tflite(qat_model, "model.tflite", quant="qat")``: the converter takes
@@ -22,33 +22,38 @@ import keras
 import numpy as np
 
 from mvit3_keras.graph_clone import clone_with, iter_layers
-from mvit3_keras.layers import MultiHeadSelfAttention, ResizeLike, ResizeToEven
-from quantization.export_layers import (
-    FoldExport,
-    LinearSelfAttentionExport,
-    NormalizationExport,
-    UnfoldExport,
-)
-from quantization.graph_rewrite import prepare_for_export
-from quantization.qat_config import SKIP_ATTRIBUTE, QuantizeConfig, quantize_annotate_layer
-from quantization.qat_layers import (
+from mvit3_keras.layers import (
     QAT_LAYER_CLASSES,
+    ActivationQuantizer,
+    Fold,
+    LinearSelfAttention,
+    MultiHeadSelfAttention,
+    NormalizationExport,
     QuantActivation,
     QuantConv,
     QuantizeWrapper,
     QuantLinearSelfAttention,
     QuantMultiHeadSelfAttention,
     QuantNormalization,
+    ResizeLike,
+    ResizeToEven,
+    Unfold,
 )
-from quantization.quantizers import ActivationQuantizer
+from quantization.graph_rewrite import prepare_for_export
+from quantization.qat_config import SKIP_ATTRIBUTE, QuantizeConfig, quantize_annotate_layer
 
 __all__ = [
     "QuantizeConfig",
+    "bake_ranges",
     "calibrate_ranges",
+    "float_layers",
     "is_qat_model",
+    "qat_float_islands",
     "qat_target",
     "quantize_annotate_layer",
     "quantize_model",
+    "uncalibrated_quantizers",
+    "wrap_quantized",
 ]
 
 # Layers that only move data: TFLite keeps the input's quantization parameters.
@@ -61,8 +66,8 @@ PASS_THROUGH = (
     keras.layers.Flatten,
     keras.layers.Identity,
     keras.layers.Cropping2D,
-    UnfoldExport,
-    FoldExport,
+    Unfold,
+    Fold,
     ResizeToEven,
     ResizeLike,
 )
@@ -78,6 +83,10 @@ OUTPUT_QUANTIZED = (
     keras.layers.ReLU,
 )
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+_ATTENTION_TWINS = {
+    MultiHeadSelfAttention: QuantMultiHeadSelfAttention,
+    LinearSelfAttention: QuantLinearSelfAttention,
+}
 
 
 def is_qat_model(model) -> bool:
@@ -86,8 +95,9 @@ def is_qat_model(model) -> bool:
 
 
 def qat_target(model) -> str:
+    """The export target whose formulation a QAT model instruments."""
     for layer in iter_layers(model):
-        if isinstance(layer, (UnfoldExport, FoldExport, LinearSelfAttentionExport)):
+        if isinstance(layer, (Unfold, Fold, LinearSelfAttention)) and layer.target is not None:
             return layer.target
     return "generic"
 
@@ -111,8 +121,6 @@ def float_layers(model) -> list:
             continue
         if isinstance(layer, keras.Model) or isinstance(layer, keras.layers.BatchNormalization):
             continue
-        if isinstance(layer, keras.layers.Identity):
-            continue
         names.append(layer.name)
     return names
 
@@ -124,9 +132,10 @@ def _conv_class_name(layer) -> str:
     raise TypeError(f"unsupported convolution class {type(layer).__name__}")
 
 
-def _fold_plan(model) -> dict:
+def conv_batchnorm_plan(model) -> dict:
     """``{conv_name: bn_layer}`` for BatchNorms that directly follow a conv whose
-    output feeds nothing else."""
+    output feeds nothing else (:class:`QuantConv` folds them, Krishnamoorthi 2018,
+    section 3.2)."""
     plan = {}
     for layer in iter_layers(model):
         if not isinstance(layer, keras.layers.BatchNormalization):
@@ -138,15 +147,6 @@ def _fold_plan(model) -> dict:
         if type(parent) in _CONVS and len(parent._outbound_nodes) == 1:  # noqa: SLF001
             plan[parent.name] = layer
     return plan
-
-
-def _transfer_conv(bn):
-    def fn(old, new):
-        new.inner.set_weights(old.get_weights())
-        if bn is not None:
-            new.batch_norm.set_weights(bn.get_weights())
-
-    return fn
 
 
 def _transfer_same(old, new):
@@ -161,108 +161,107 @@ def _transfer_wrapped(old, new):
     new.layer.set_weights(old.get_weights())
 
 
-def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) -> keras.Model:
-    """A quantization-aware copy of ``model`` (weights copied, ready for ``fit``).
+def _quant_conv(layer, config, bn):
+    new = QuantConv(
+        _conv_class_name(layer),
+        layer.get_config(),
+        None if bn is None else bn.get_config(),
+        config.ema_decay,
+        config.per_channel,
+        name=layer.name,
+    )
 
-    ``model`` is first rewritten into its export formulation for
-    ``config.target`` (:func:`quantization.prepare_for_export`, static H, W;
-    the batch stays dynamic for training), then every layer is replaced by its
-    quantized version. Layers annotated with :func:`quantize_annotate_layer`
-    (or matching ``config.skip``) stay float, with their output re-quantized.
-    Raises ``ValueError`` for layer types without a quantized version.
-    """
-    config = config or QuantizeConfig()
-    if is_qat_model(model):
-        raise ValueError("the model is already quantization-aware")
-    skipped = {layer.name for layer in iter_layers(model) if config.skips(layer)}
-    prepared = prepare_for_export(model, config.target, batch_size=None)
-    for layer in iter_layers(prepared):
-        if layer.name in skipped:
-            setattr(layer, SKIP_ATTRIBUTE, True)
-    plan = _fold_plan(prepared) if config.fold_batch_norm else {}
-    folded_bns = {bn.name for name, bn in plan.items() if name not in skipped}
-    decay = config.ema_decay
-    unsupported = []
+    def transfer(old, new_layer):
+        new_layer.inner.set_weights(old.get_weights())
+        if bn is not None:
+            new_layer.batch_norm.set_weights(bn.get_weights())
 
-    def replace(layer):
-        if layer.name in skipped:
-            return None
-        if layer.name in folded_bns:
-            return keras.layers.Identity(name=layer.name), None
-        if type(layer) in _CONVS:
-            bn = plan.get(layer.name)
-            new = QuantConv(
-                _conv_class_name(layer),
-                layer.get_config(),
-                None if bn is None else bn.get_config(),
-                decay,
-                config.per_channel,
-                name=layer.name,
-            )
-            return new, _transfer_conv(bn)
-        if isinstance(layer, keras.layers.Activation):
-            activation = keras.activations.serialize(layer.activation)
-            activation = (
-                activation if isinstance(activation, str) else activation.get("config", activation)
-            )
-            name = getattr(layer.activation, "__name__", str(activation))
-            return QuantActivation(name, decay, name=layer.name), None
-        if isinstance(layer, NormalizationExport):
-            new = QuantNormalization(
-                decay,
-                "normalization" in config.keep_float,
-                axes=layer.axes,
-                epsilon=layer.epsilon,
-                center=layer.center,
-                scale=layer.scale,
-                name=layer.name,
-            )
-            return new, _transfer_same
-        if isinstance(layer, MultiHeadSelfAttention):
-            new = QuantMultiHeadSelfAttention(
-                decay,
-                "attention" in config.keep_float,
-                num_heads=layer.num_heads,
-                attention_dropout=layer.attention_dropout,
-                name=layer.name,
-            )
-            return new, None
-        if isinstance(layer, LinearSelfAttentionExport):
-            new = QuantLinearSelfAttention(
-                decay,
-                "attention" in config.keep_float,
-                target=layer.target,
-                attention_dropout=layer.attention_dropout,
-                name=layer.name,
-            )
-            return new, None
-        if isinstance(layer, OUTPUT_QUANTIZED):
-            inner = layer.__class__.from_config(dict(layer.get_config(), name="inner"))
-            return QuantizeWrapper(inner, decay, name=layer.name), _transfer_wrapped
-        if isinstance(layer, PASS_THROUGH) or isinstance(layer, keras.layers.BatchNormalization):
-            if isinstance(layer, keras.layers.BatchNormalization):
-                unsupported.append(f"{layer.name} (BatchNormalization not after a convolution)")
-            return None
-        unsupported.append(f"{layer.name} ({type(layer).__name__})")
+    return new, transfer
+
+
+def _quant_activation(layer, config):
+    activation = keras.activations.serialize(layer.activation)
+    activation = activation if isinstance(activation, str) else activation.get("config", activation)
+    name = getattr(layer.activation, "__name__", str(activation))
+    return QuantActivation(name, config.ema_decay, name=layer.name), None
+
+
+def _quant_normalization(layer, config):
+    twin_config = dict(
+        layer.get_config(),
+        ema_decay=config.ema_decay,
+        float_statistics="normalization" in config.keep_float,
+        stepwise_statistics=False,  # the QAT graph quantizes one MEAN over all axes
+    )
+    return QuantNormalization.from_config(twin_config), _transfer_same
+
+
+def _quant_attention(layer, config):
+    twin_config = dict(
+        layer.get_config(),
+        ema_decay=config.ema_decay,
+        float_core="attention" in config.keep_float,
+    )
+    return _ATTENTION_TWINS[type(layer)].from_config(twin_config), None
+
+
+def _quant_output(layer, config):
+    inner = layer.__class__.from_config(dict(layer.get_config(), name="inner"))
+    return QuantizeWrapper(inner, config.ema_decay, name=layer.name), _transfer_wrapped
+
+
+def quantized_twin(layer, config: QuantizeConfig, bn=None):
+    """``(twin, weight_fn)`` for a layer with a quantized twin, ``None`` for a
+    pass-through layer; raises ``TypeError`` for a layer without either."""
+    if type(layer) in _CONVS:
+        return _quant_conv(layer, config, bn)
+    if isinstance(layer, keras.layers.Activation):
+        return _quant_activation(layer, config)
+    if isinstance(layer, NormalizationExport):
+        return _quant_normalization(layer, config)
+    if type(layer) in _ATTENTION_TWINS:
+        return _quant_attention(layer, config)
+    if isinstance(layer, OUTPUT_QUANTIZED):
+        return _quant_output(layer, config)
+    if isinstance(layer, keras.layers.BatchNormalization):
+        raise TypeError(f"{layer.name} (BatchNormalization not after a convolution)")
+    if isinstance(layer, PASS_THROUGH):
         return None
+    raise TypeError(f"{layer.name} ({type(layer).__name__})")
 
+
+def _unsupported_layers(model, config, skipped, bn_plan) -> list:
+    problems = []
+    folded = {bn.name for bn in bn_plan.values()}
+    for layer in iter_layers(model):
+        if isinstance(layer, keras.Model) or layer.name in skipped or layer.name in folded:
+            continue
+        try:
+            quantized_twin(layer, config, bn_plan.get(layer.name))
+        except TypeError as err:
+            problems.append(str(err))
+    return problems
+
+
+def _quantizing_call(config: QuantizeConfig, skipped):
+    """``clone_model`` call hook: the model inputs get an input quantizer, the outputs
+    of skipped (float) layers are re-quantized for the next layer."""
     input_quantizers = {}
 
-    def call_function(layer, *args, **kwargs):
-        def quantize_input(t):
-            history = getattr(t, "_keras_history", None)
-            if history is None or not isinstance(history.operation, keras.layers.InputLayer):
-                return t
-            key = id(t)
-            if key not in input_quantizers:
-                quantizer = ActivationQuantizer(
-                    decay,
-                    fixed_range=config.input_range,
-                    name=f"{history.operation.name}_quantizer",
-                )
-                input_quantizers[key] = quantizer(t)
-            return input_quantizers[key]
+    def quantize_input(t):
+        history = getattr(t, "_keras_history", None)
+        if history is None or not isinstance(history.operation, keras.layers.InputLayer):
+            return t
+        if id(t) not in input_quantizers:
+            quantizer = ActivationQuantizer(
+                config.ema_decay,
+                fixed_range=config.input_range,
+                name=f"{history.operation.name}_quantizer",
+            )
+            input_quantizers[id(t)] = quantizer(t)
+        return input_quantizers[id(t)]
 
+    def call_function(layer, *args, **kwargs):
         args = keras.tree.map_structure(
             lambda t: quantize_input(t) if isinstance(t, keras.KerasTensor) else t, args
         )
@@ -270,11 +269,20 @@ def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) 
             kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
         out = layer(*args, **kwargs)
         if layer.name in skipped and not isinstance(layer, PASS_THROUGH):
-            requant = ActivationQuantizer(decay, name=f"{layer.name}.requantize")
+            requant = ActivationQuantizer(config.ema_decay, name=f"{layer.name}.requantize")
             out = keras.tree.map_structure(requant, out)
         return out
 
-    qat = clone_with(prepared, replace, call_function=call_function)
+    return call_function
+
+
+def wrap_quantized(model: keras.Model, config: QuantizeConfig, skipped=frozenset()):
+    """The pass that swaps every layer of an export-formulation model for its quantized
+    twin (:func:`quantized_twin`; conv -> BatchNorm pairs into one :class:`QuantConv`);
+    layers named in ``skipped`` stay float, their outputs re-quantized."""
+    bn_plan = conv_batchnorm_plan(model) if config.fold_batch_norm else {}
+    bn_plan = {name: bn for name, bn in bn_plan.items() if name not in skipped}
+    unsupported = _unsupported_layers(model, config, skipped, bn_plan)
     if unsupported:
         raise ValueError(
             "no quantized version for: "
@@ -282,7 +290,36 @@ def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) 
             + " - annotate them with quantization.quantize_annotate_layer(layer) to keep them "
             "in float, or add a QuantizeConfig.skip pattern"
         )
-    return qat
+    folded_bns = {bn.name for bn in bn_plan.values()}
+
+    def replace(layer):
+        if layer.name in skipped:
+            return None
+        if layer.name in folded_bns:
+            return keras.layers.Identity(name=layer.name), None
+        return quantized_twin(layer, config, bn_plan.get(layer.name))
+
+    return clone_with(model, replace, call_function=_quantizing_call(config, skipped))
+
+
+def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) -> keras.Model:
+    """A quantization-aware copy of ``model`` (weights copied, ready for ``fit``).
+
+    The pipeline: :func:`quantization.prepare_for_export` (the export formulation
+    for ``config.target``, static H, W, dynamic batch for training), then
+    :func:`wrap_quantized`. Layers annotated with :func:`quantize_annotate_layer`
+    (or matching ``config.skip``) stay float, with their output re-quantized.
+    Raises ``ValueError`` for layer types without a quantized version.
+    """
+    config = config or QuantizeConfig()
+    if is_qat_model(model):
+        raise ValueError("the model is already quantization-aware")
+    skipped = frozenset(layer.name for layer in iter_layers(model) if config.skips(layer))
+    prepared = prepare_for_export(model, config.target, batch_size=None)
+    for layer in iter_layers(prepared):
+        if layer.name in skipped:
+            setattr(layer, SKIP_ATTRIBUTE, True)
+    return wrap_quantized(prepared, config, skipped)
 
 
 def calibrate_ranges(qat_model: keras.Model, images, *, batch_size: int = 16) -> keras.Model:
@@ -291,7 +328,7 @@ def calibrate_ranges(qat_model: keras.Model, images, *, batch_size: int = 16) ->
     fine-tuning starts from the post-training-quantized operating point."""
     quantizers = [
         layer
-        for layer in _all_sublayers(qat_model)
+        for layer in iter_layers(qat_model, sublayers=True)
         if isinstance(layer, ActivationQuantizer) and layer.fixed_range is None
     ]
     for q in quantizers:
@@ -311,7 +348,7 @@ def uncalibrated_quantizers(qat_model: keras.Model) -> list:
     no training step)."""
     return [
         layer.path if hasattr(layer, "path") else layer.name
-        for layer in _all_sublayers(qat_model)
+        for layer in iter_layers(qat_model, sublayers=True)
         if isinstance(layer, ActivationQuantizer)
         and layer.fixed_range is None
         and float(keras.ops.convert_to_numpy(layer.initialized)) == 0.0
@@ -321,18 +358,9 @@ def uncalibrated_quantizers(qat_model: keras.Model) -> list:
 def bake_ranges(qat_model: keras.Model) -> keras.Model:
     """Make every activation quantizer trace its (frozen) range as a constant:
     used on the copy of a QAT model that is converted."""
-    for layer in _all_sublayers(qat_model):
+    for layer in iter_layers(qat_model, sublayers=True):
         if isinstance(layer, ActivationQuantizer):
             layer.bake_ranges = True
         elif isinstance(layer, (QuantConv, QuantNormalization)):
             layer.bake = True
     return qat_model
-
-
-def _all_sublayers(model):
-    seen = set()
-    for layer in iter_layers(model):
-        for sub in layer._flatten_layers(include_self=True, recursive=True):  # noqa: SLF001
-            if id(sub) not in seen:
-                seen.add(id(sub))
-                yield sub

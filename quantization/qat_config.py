@@ -25,9 +25,11 @@ from collections.abc import Sequence
 from typing import Optional
 
 SKIP_ATTRIBUTE = "_mvit3_quantize_skip"
+TARGETS = ("generic", "edgetpu")
+KEEP_FLOAT_PARTS = ("attention", "normalization")
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class QuantizeConfig:
     """Settings of :func:`quantization.quantize_model`.
 
@@ -56,19 +58,20 @@ class QuantizeConfig:
     keep_float: Sequence[str] = ()
 
     def __post_init__(self):
-        if self.target not in ("generic", "edgetpu"):
-            raise ValueError(f"target must be 'generic' or 'edgetpu', got {self.target!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.input_range is not None:
             lo, hi = self.input_range
             if not lo <= 0.0 < hi:
                 raise ValueError(f"input_range {self.input_range} must contain 0 and have max > 0")
-        self.skip = tuple(self.skip)
-        self.keep_float = tuple(self.keep_float)
-        unknown = set(self.keep_float) - {"attention", "normalization"}
+        for name in ("skip", "keep_float"):  # frozen: normalised once, here
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        unknown = set(self.keep_float) - set(KEEP_FLOAT_PARTS)
         if unknown:
-            raise ValueError(f"keep_float accepts 'attention', 'normalization'; got {unknown}")
+            raise ValueError(f"keep_float accepts {KEEP_FLOAT_PARTS}; got {sorted(unknown)}")
         if self.keep_float and self.target == "edgetpu":
             raise ValueError("keep_float is for CPUs: the Edge TPU needs every op in int8")
 

@@ -6,11 +6,13 @@ abort the whole process in ``allocate_tensors`` (SIGABRT). So files are run by
 many files per process; when the process dies, the file it was on is marked
 as crashed, the op that kills it is located by bisection over truncated
 copies of the model (:func:`locate_crash`), and the remaining files run in a
-fresh process.
+fresh process. :func:`verify_tflite` checks one file (or flatbuffer bytes) and
+returns a typed :class:`VerifyResult`, compared with reference outputs when given.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -57,6 +59,56 @@ def _run_job(job: dict, job_path: str, timeout: float):
     return proc, started, done
 
 
+def _job_specs(files: list, images, keep_outputs: bool, num_threads, tmp: str) -> list:
+    specs = []
+    for i, path in enumerate(files):
+        spec = {
+            "path": os.path.abspath(path),
+            "inputs": None,
+            "outputs": None,
+            "num_threads": num_threads,
+        }
+        if images is not None and images[i] is not None:
+            spec["inputs"] = os.path.join(tmp, f"in{i}.npz")
+            np.savez(spec["inputs"], images=np.asarray(images[i], dtype=np.float32))
+        if keep_outputs:
+            spec["outputs"] = os.path.join(tmp, f"out{i}.npz")
+        specs.append(spec)
+    return specs
+
+
+def _run_all(files: list, specs: list, tmp: str, timeout: float) -> list:
+    """One result per file; a process that dies marks its current file as crashed and
+    the remaining files run in a fresh process."""
+    results: list = [None] * len(files)
+    start = 0
+    while start < len(files):
+        proc, started, done = _run_job(
+            {"files": specs, "start": start}, os.path.join(tmp, "job.json"), timeout
+        )
+        for idx, res in done.items():
+            results[idx] = dict(res, crashed=False)
+        if proc.returncode == 0 and len(done) == len(files) - start:
+            break
+        crashed = started if started is not None and started not in done else start
+        code = proc.returncode
+        reason = f"signal {-code}" if code < 0 else f"exit code {code}"
+        results[crashed] = {
+            "ok": False,
+            "crashed": True,
+            "error": f"the runtime process died ({reason}) on {files[crashed]}; "
+            f"stderr tail: {proc.stderr.strip()[-300:]}",
+        }
+        start = crashed + 1
+    return results
+
+
+def _load_outputs(result: dict, spec: dict) -> None:
+    if result.get("ok") and spec["outputs"] and os.path.exists(spec["outputs"]):
+        with np.load(spec["outputs"]) as data:
+            result["outputs"] = [data[k] for k in sorted(data.files, key=lambda s: int(s[4:]))]
+
+
 def verify_in_subprocess(
     files: Sequence,
     *,
@@ -74,51 +126,12 @@ def verify_in_subprocess(
     op at which a crashing file dies, with ``locate``), load / invoke seconds.
     """
     files = [os.fspath(f) for f in files]
-    results: list = [None] * len(files)
     with tempfile.TemporaryDirectory(prefix="mvit3_verify_") as tmp:
-        specs = []
-        for i, path in enumerate(files):
-            spec = {
-                "path": os.path.abspath(path),
-                "inputs": None,
-                "outputs": None,
-                "num_threads": num_threads,
-            }
-            if images is not None and images[i] is not None:
-                spec["inputs"] = os.path.join(tmp, f"in{i}.npz")
-                np.savez(spec["inputs"], images=np.asarray(images[i], dtype=np.float32))
-            if keep_outputs:
-                spec["outputs"] = os.path.join(tmp, f"out{i}.npz")
-            specs.append(spec)
-        start = 0
-        while start < len(files):
-            proc, started, done = _run_job(
-                {"files": specs, "start": start}, os.path.join(tmp, "job.json"), timeout
-            )
-            for idx, res in done.items():
-                results[idx] = dict(res, crashed=False)
-            if proc.returncode == 0 and len(done) == len(files) - start:
-                break
-            crashed = started if started is not None and started not in done else start
-            code = proc.returncode
-            reason = f"signal {-code}" if code < 0 else f"exit code {code}"
-            results[crashed] = {
-                "ok": False,
-                "crashed": True,
-                "error": f"the runtime process died ({reason}) on {files[crashed]}; "
-                f"stderr tail: {proc.stderr.strip()[-300:]}",
-            }
-            start = crashed + 1
-        for i, spec in enumerate(specs):
-            res = results[i]
-            if (
-                keep_outputs
-                and res.get("ok")
-                and spec["outputs"]
-                and os.path.exists(spec["outputs"])
-            ):
-                with np.load(spec["outputs"]) as data:
-                    res["outputs"] = [data[k] for k in sorted(data.files, key=lambda s: int(s[4:]))]
+        specs = _job_specs(files, images, keep_outputs, num_threads, tmp)
+        results = _run_all(files, specs, tmp, timeout)
+        if keep_outputs:
+            for result, spec in zip(results, specs):
+                _load_outputs(result, spec)
     if locate:
         for i, res in enumerate(results):
             if res.get("crashed"):
@@ -177,13 +190,99 @@ def describe_crash(crash_op: Optional[dict]) -> str:
     )
 
 
-def verify_tflite(path, images: Optional[np.ndarray] = None, **kwargs) -> dict:
-    """Run one file in a child process; raise :class:`RuntimeCrashError` if it fails."""
-    (result,) = verify_in_subprocess([path], images=[images], **kwargs)
+def cosine_similarity(a, b) -> np.ndarray:
+    """Row-wise cosine of ``[N, ...]`` arrays (flattened per row)."""
+    a = np.asarray(a, np.float64).reshape(len(a), -1)
+    b = np.asarray(b, np.float64).reshape(len(b), -1)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(denom > 0, (a * b).sum(1) / np.maximum(denom, 1e-30), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyResult:
+    """A file loaded, allocated and invoked in a separate LiteRT process.
+
+    The comparison fields are set when reference outputs were given (the first
+    output is compared): float outputs get the cosine and the largest absolute
+    difference, integer outputs (an in-model argmax mask) the agreement.
+    """
+
+    backend: str
+    num_images: int
+    invoke_seconds: float
+    separate_process: bool = True
+    cosine_vs_float_mean: Optional[float] = None
+    cosine_vs_float_min: Optional[float] = None
+    max_abs_diff_vs_float: Optional[float] = None
+    agreement_vs_float: Optional[float] = None
+    outputs: tuple = dataclasses.field(default=(), repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        """The set fields, JSON-serialisable (without the output arrays)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.pop("outputs")
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _comparison(output: np.ndarray, reference: np.ndarray) -> dict:
+    reference = np.asarray(reference)
+    if output.shape != reference.shape:
+        raise ValueError(
+            f"reference_outputs[0] has shape {reference.shape} but the file outputs "
+            f"{output.shape}: pass the reference model's outputs on the same images"
+        )
+    if np.issubdtype(reference.dtype, np.integer):  # e.g. an in-model argmax mask
+        return {"agreement_vs_float": float(np.mean(output == reference))}
+    cos = cosine_similarity(output, reference)
+    return {
+        "cosine_vs_float_mean": float(cos.mean()),
+        "cosine_vs_float_min": float(cos.min()),
+        "max_abs_diff_vs_float": float(np.max(np.abs(output - reference))),
+    }
+
+
+def _run_source(source, images, kwargs) -> tuple:
+    """``(result dict, name)``; bytes run from a temporary file."""
+    if not isinstance(source, (bytes, bytearray)):
+        (result,) = verify_in_subprocess([source], images=[images], **kwargs)
+        return result, os.fspath(source)
+    with tempfile.TemporaryDirectory(prefix="mvit3_verify_bytes_") as tmp:
+        path = os.path.join(tmp, "model.tflite")
+        with open(path, "wb") as f:
+            f.write(bytes(source))
+        (result,) = verify_in_subprocess([path], images=[images], **kwargs)
+    return result, "the model"
+
+
+def verify_tflite(
+    source, images: Optional[np.ndarray] = None, reference_outputs=None, **kwargs
+) -> VerifyResult:
+    """Run ``source`` (a ``.tflite`` path, e.g. an existing file, or flatbuffer bytes)
+    on ``images`` (default: one random image) in a child process.
+
+    ``reference_outputs``: outputs of the reference model on the same images (an
+    array or a list per output); the first one is compared. ``kwargs`` go to
+    :func:`verify_in_subprocess` (``locate``, ``num_threads``, ``timeout``).
+    Raises :class:`RuntimeCrashError` if the file does not load, allocate and run.
+    """
+    result, name = _run_source(source, images, kwargs)
     if not result.get("ok"):
         detail = describe_crash(result.get("crash_op")) if result.get("crashed") else ""
         raise RuntimeCrashError(
-            f"{os.fspath(path)} does not run in LiteRT: {result.get('error')}"
+            f"{name} does not run in LiteRT: {result.get('error')}"
             + (f"\n  crashing op: {detail}" if detail else "")
         )
-    return result
+    outputs = tuple(result.get("outputs") or ())
+    comparison = {}
+    if reference_outputs is not None and outputs:
+        if not isinstance(reference_outputs, (list, tuple)):
+            reference_outputs = [reference_outputs]
+        comparison = _comparison(outputs[0], reference_outputs[0])
+    num_images = 1 if images is None else len(images)
+    return VerifyResult(
+        backend=result["backend"],
+        num_images=int(num_images),
+        invoke_seconds=result["invoke_seconds"],
+        outputs=outputs,
+        **comparison,
+    )

@@ -22,7 +22,7 @@ esac
 bash scripts/bootstrap.sh
 . .venv/bin/activate
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONHASHSEED=0
-ruff check mvit3_keras training quantization tests benchmarks scripts mvit3_cli.py
+ruff check mvit3_keras training quantization examples tests benchmarks scripts mvit3_cli.py
 
 run_pytest() {
   local rc=0

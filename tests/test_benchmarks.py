@@ -75,7 +75,7 @@ def test_profile_tf_smoke(tmp_path):
     kinds = prof["by_layer_kind_us"]
     # default: the optimize_for_inference formulation (fused conv + bias + SiLU kernels
     # are attributed to the activation layer; no BatchNorm left)
-    assert {"Activation(silu_inference)", "MultiHeadSelfAttentionSplit"} <= set(kinds)
+    assert {"Activation(silu_inference)", "MultiHeadSelfAttention"} <= set(kinds)
     assert not {"BatchNorm", "BatchNormalization"} & set(kinds)
     assert prof["busy_us_per_step"] > 0
 
@@ -88,6 +88,44 @@ def test_tflite_latency_smoke(tmp_path):
     assert all(v["median_ms"] > 0 for v in row["latency"].values())
     assert row["files"]["fp32"]["cosine_vs_keras_min"] > 0.999
     assert row["int8_vs_fp32"] > 0 and row["best_int8"] == "int8"
+
+
+def test_litert_profile_uses_the_library_profiler(tmp_path):
+    """Per-op times from :func:`quantization.benchmark.profile_ops`, XNNPACK's choice per op."""
+    import keras
+
+    from benchmarks import litert_profile
+    from quantization import export_tflite
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4)(x))
+    path = tmp_path / "tiny.tflite"
+    export_tflite(model, path, quant="fp32", verify=False)
+    assert litert_profile.main([str(path), "--iters", "2", "--output-dir", str(tmp_path)]) == 0
+    prof = _load(tmp_path, "litert_profile")["files"]["tiny.tflite"]
+    assert prof["whole_model_ms"]["xnnpack"] > 0 and prof["whole_model_ms"]["builtin_only"] > 0
+    assert sum(e["count"] for e in prof["by_type"].values()) == len(prof["ops"]) >= 3
+    assert all(op["ms"] >= 0 and isinstance(op["xnnpack"], bool) for op in prof["ops"])
+    assert prof["xnnpack_partitions"] >= 1 and prof["sum_of_ops_ms"] > 0
+
+
+@pytest.mark.slow
+def test_quant_speed_times_files_through_the_worker(tmp_path):
+    """Four exports with their LiteRT checks (slow: minutes on 2 busy cores)."""
+    from benchmarks import quant_speed
+
+    args = ["--image-size", "32", "--rounds", "1", "--runs", "2", "--threads", "1"]
+    assert quant_speed.main([*args, "--no-profile", "--output-dir", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "quant_speed.json").read_text())
+    assert set(data["results"]) == {
+        "fp32",
+        "int8 (all int8 kernels)",
+        "int8 CPU (float attention+norm)",
+        "QAT int8 (all int8 kernels)",
+    }
+    assert all(r["median_ms"] > 0 for r in data["results"].values())
 
 
 def test_timm_state_dict_mapping_rejects_other_architecture():

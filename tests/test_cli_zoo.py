@@ -1,24 +1,28 @@
-"""``mvit3 convert-weights`` / ``list`` / ``macs`` and loading a saved model in a new process."""
+"""``mvit3 convert-weights`` / ``list`` / ``macs``, loading a saved model in a new process,
+and the package structure (one-way imports, ``mvit3 demo`` from the examples)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import load_parity
 
-from mvit3_keras.cli import main
+from mvit3_cli import dispatch as main
 from mvit3_keras.reference import write_parity_checkpoint
 
 
 def _run(*args, cwd=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     return subprocess.run(
-        [sys.executable, "-m", "mvit3_keras.cli", *args],
+        [sys.executable, "-m", "mvit3_cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -91,3 +95,89 @@ def test_list_and_macs(capsys):
     assert "mobilevitv3_050" in out and "1,429,985" in out and "481.3" in out
     assert main(["macs", "mobilevitv3_s"]) == 0
     assert "1841.391M (official profiler)" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------
+# One-way dependencies: mvit3_keras <- training <- quantization; the examples, the tests
+# and the benchmarks use the library, never the other way round.
+# --------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+CONSUMERS = {
+    "mvit3_keras": ("training", "quantization", "mvit3_examples", "examples", "tests", "support"),
+    "training": ("quantization", "mvit3_examples", "examples", "tests", "support"),
+    "quantization": ("mvit3_examples", "examples", "tests", "support"),
+}
+IMPORT_FUNCTIONS = ("import_module", "__import__", "find_spec")
+
+
+def _imported_modules(path: Path) -> set:
+    """Every module ``path`` imports: statically, through ``importlib`` with a
+    constant name, or named by a dotted string constant (``"training.loop"``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if called in IMPORT_FUNCTIONS and isinstance(first, ast.Constant):
+                names.add(str(first.value))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            if re.fullmatch(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)+", node.value):
+                names.add(node.value)
+    return names
+
+
+@pytest.mark.parametrize("package", sorted(CONSUMERS))
+def test_library_packages_never_import_their_consumers(package):
+    modules = sorted((ROOT / package).rglob("*.py"))
+    assert len(modules) > 5, f"no modules found under {ROOT / package}"
+    offending = []
+    for path in modules:
+        for name in sorted(_imported_modules(path)):
+            if name.split(".")[0] in CONSUMERS[package]:
+                offending.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not offending, "\n".join(offending)
+
+
+FIRST_PARTY = ("mvit3_keras", "training", "quantization", "mvit3_examples", "support", "benchmarks")
+
+
+def test_no_module_imports_private_names_of_another_module():
+    """``from a.b import _name`` / ``import a._b`` of this repository's modules, from any
+    of its folders: make the name public or move it."""
+    offending = []
+    for folder in ("mvit3_keras", "training", "quantization", "examples", "tests", "benchmarks"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom):
+                    module = node.module or ""
+                    if node.level == 0 and module.split(".")[0] not in FIRST_PARTY:
+                        continue
+                    names = [module, *(a.name for a in node.names)]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names if a.name.split(".")[0] in FIRST_PARTY]
+                else:
+                    continue
+                parts = [part for name in names for part in name.split(".")]
+                if any(part.startswith("_") and not part.startswith("__") for part in parts):
+                    offending.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+    assert not offending, "\n".join(offending)
+
+
+def test_demo_command_comes_from_the_examples_package():
+    from mvit3_cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--quick", "--output", "x"])
+    assert args.handler.__module__ == "mvit3_examples.commands" and args.quick
+    from mvit3_examples.demo import DEMO_STEPS
+
+    titles = [title for title, _ in DEMO_STEPS]
+    assert titles[0].startswith("model zoo") and titles[1].startswith("train on real data")
+    assert titles[2].startswith("int8 export")

@@ -18,6 +18,7 @@ from conftest import assert_close_to_reference, load_parity
 import mvit3_keras as m
 from mvit3_keras.detection import (
     AnchorConfig,
+    SSDDetector,
     SSDMultiBoxLoss,
     box_iou,
     center_to_corner,
@@ -25,7 +26,6 @@ from mvit3_keras.detection import (
     create_detector,
     decode_boxes,
     encode_boxes,
-    export_detector_tflite,
     feature_map_sizes,
     generate_anchors,
     hard_negative_mining,
@@ -33,6 +33,7 @@ from mvit3_keras.detection import (
     postprocess_detections,
 )
 from mvit3_keras.registry import spec_for_cvnets_name
+from quantization.export import export_tflite
 
 DET_ENTRIES = [
     "det_ssd_small_v3",
@@ -272,6 +273,22 @@ def test_fit_step_and_keras_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.anchors(), det.anchors())
     result = loaded.detect(x[:1], score_threshold=0.0, max_detections=5)
     assert result["boxes"].shape == (1, 5, 4)
+    record = m.model_record(loaded)
+    assert record == m.model_record(det)
+    assert (record.variant, record.task, record.head, record.num_classes) == (
+        "mobilevitv3_xxs",
+        "detection",
+        "ssdlite",
+        4,
+    )
+    assert record.input_shape == (64, 64, 3)
+    assert record.options["output_strides"] == [16, 32, 64, 128, 256, -1]
+    rebuilt = m.rebuild_model(record)
+    assert rebuilt.detection_config == det.detection_config
+    # A detector saved before records existed: the record comes from detection_config.
+    config = det.get_config()
+    del config["model_record"]
+    assert m.model_record(SSDDetector.from_config(config)) == record
 
 
 _RUN_TFLITE = textwrap.dedent(
@@ -294,8 +311,15 @@ def test_tflite_export_with_detection_postprocess_op(reference, tmp_path):
     det = create_detector("mobilevitv3_xxs")
     m.load_cvnets_weights(det, data, rgb_input=False)
     settings = dict(score_threshold=0.02, max_detections=20, detections_per_class=20)
-    info = export_detector_tflite(det, tmp_path / "det.tflite", **settings)
-    assert info["num_anchors"] == 3232 and os.path.getsize(info["path"]) == info["bytes"]
+    # the same export path as every model: checked, verified in LiteRT, atomic write
+    report = export_tflite(
+        det, tmp_path / "det.tflite", quant="fp32", detection_postprocess=settings
+    )
+    assert det.anchors().shape[0] == 3232
+    assert os.path.getsize(report.path) == report.file.size_bytes
+    assert report.file.custom_ops[0]["op"] == "CUSTOM:TFLite_Detection_PostProcess"
+    assert report.verify.separate_process and report.verify.cosine_vs_float_mean is None
+    info = {"path": report.path}
 
     x = data["ref__input0"].astype(np.float32)
     np.save(tmp_path / "x.npy", x)

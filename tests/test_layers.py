@@ -10,6 +10,10 @@ from mvit3_keras.layers import (
     Fold,
     LinearSelfAttention,
     MultiHeadSelfAttention,
+    NormalizationExport,
+    QuantLinearSelfAttention,
+    QuantMultiHeadSelfAttention,
+    QuantNormalization,
     ResizeLike,
     ResizeToEven,
     Unfold,
@@ -19,7 +23,7 @@ RNG = np.random.default_rng(0)
 
 
 def official_unfold(x):
-    """NOTES.md section 2, in NCHW as the official code, returned as [B, P, N, C]."""
+    """``MobileViTBlock.unfolding`` (cvnets/modules/mobilevit_block.py) in NCHW, as [B, P, N, C]."""
     b, h, w, c = x.shape
     nchw = x.transpose(0, 3, 1, 2)
     patches = nchw.reshape(b, c, h // 2, 2, w // 2, 2)  # [B, C, iy, py, ix, px]
@@ -99,24 +103,64 @@ def test_linear_attention_matches_reference():
     np.testing.assert_allclose(got, np.maximum(v, 0) * ctx, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [
-        Unfold(),
-        Fold(),
-        MultiHeadSelfAttention(num_heads=2, attention_dropout=0.1),
-        LinearSelfAttention(attention_dropout=0.2),
-        ResizeToEven(align_corners=True),
-        ResizeLike(),
-    ],
-    ids=lambda layer: type(layer).__name__,
-)
-def test_config_round_trip(layer):
-    config = layer.get_config()
-    clone = type(layer).from_config(config)
-    assert clone.get_config() == config
-    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
-    assert type(restored) is type(layer) and restored.get_config() == config
+@pytest.mark.parametrize("target", ["generic", "edgetpu"])
+def test_patch_formulations_are_bit_identical(target):
+    """The export formulations of Unfold / Fold move the same values (pure data movement)."""
+    x = RNG.normal(size=(2, 6, 10, 5)).astype("float32")
+    patches = Unfold(target=target)(x)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(patches), official_unfold(x))
+    back = Fold(target=target)([patches, x])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(back), x)
+
+
+@pytest.mark.parametrize("target", ["generic", "edgetpu"])
+def test_linear_attention_softmax_formulations_agree(target):
+    qkv = RNG.normal(size=(2, 4, 9, 1 + 2 * 6)).astype("float32")
+    ref = keras.ops.convert_to_numpy(LinearSelfAttention()(qkv))
+    got = keras.ops.convert_to_numpy(LinearSelfAttention(target=target)(qkv))
+    np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="target must be one of"):
+        LinearSelfAttention(target="tpu")
+
+
+@pytest.mark.parametrize("core", ["mhsa", "linear"])
+def test_split_projection_formulation_equals_projection_then_core(core):
+    """``dim`` set: the core owns ``qkv_proj`` as 1x1 convs (q scale / relu folded in)."""
+    c, d = 5, 8
+    x = RNG.normal(size=(1, 4, 6, c)).astype("float32")
+    width = 3 * d if core == "mhsa" else 1 + 2 * d
+    kernel = RNG.normal(size=(c, width)).astype("float32")
+    bias = RNG.normal(size=(width,)).astype("float32")
+    plain = MultiHeadSelfAttention(2) if core == "mhsa" else LinearSelfAttention()
+    ref = keras.ops.convert_to_numpy(plain(x @ kernel + bias))
+    split = MultiHeadSelfAttention(2, dim=d) if core == "mhsa" else LinearSelfAttention(dim=d)
+    split.build(x.shape)
+    q_width, q_scale = (d, (d // 2) ** -0.5) if core == "mhsa" else (1, 1.0)
+    kernel, bias = kernel.copy(), bias.copy()
+    kernel[:, :q_width] *= q_scale
+    bias[:q_width] *= q_scale
+    split.qkv.set_split_weights(kernel, bias)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(split(x)), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_quantized_twins_override_only_quantization_points():
+    """With every quantizer as identity, a twin computes its float layer exactly."""
+    x = RNG.normal(size=(2, 4, 6, 3 * 8)).astype("float32")
+    twin = QuantMultiHeadSelfAttention(num_heads=2)
+    twin.build(x.shape)
+    twin.quantize_point = lambda name, t, training=None: t
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(twin(x)),
+        keras.ops.convert_to_numpy(MultiHeadSelfAttention(2)(x)),
+    )
+    points = {"build", "quantize_point", "affine_constant"}  # build: creates the quantizers
+    for base, cls in [
+        (MultiHeadSelfAttention, QuantMultiHeadSelfAttention),
+        (LinearSelfAttention, QuantLinearSelfAttention),
+        (NormalizationExport, QuantNormalization),
+    ]:
+        own = {k for k, v in vars(cls).items() if callable(v) and not k.startswith("__")}
+        assert issubclass(cls, base) and own <= points, own - points
 
 
 def test_attention_rejects_bad_widths():

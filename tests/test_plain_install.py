@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from mvit3_keras.cli import main
+from mvit3_cli import dispatch as main
 
 ROOT = Path(__file__).resolve().parent.parent
 UNKNOWN = "some_unknown_name"
@@ -73,6 +73,38 @@ def test_missing_torch_names_the_extra(tmp_path, capsys, monkeypatch):
     assert rc == 2
     _check_missing_torch(_error_line(capsys.readouterr().err, "convert-weights"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"], "nothing written"
+
+
+def _setup_cfg_packages() -> tuple:
+    """``(packages, package_dir)`` of setup.cfg's ``[options]``."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg", encoding="utf-8")
+    packages = cfg["options"]["packages"].split()
+    mapping = {}
+    for line in cfg["options"]["package_dir"].strip().splitlines():
+        name, folder = (part.strip() for part in line.split("="))
+        mapping[name] = folder
+    return packages, mapping
+
+
+def test_setup_cfg_lists_every_package_of_the_tree():
+    """setup.cfg names its packages one by one (``find:`` cannot install examples/ as
+    ``mvit3_examples``): a new sub-package must be added there or it is not installed."""
+    packages, mapping = _setup_cfg_packages()
+    assert mapping == {"mvit3_examples": "examples"}
+    found = []
+    for top, folder in (
+        ("mvit3_keras", "mvit3_keras"),
+        ("training", "training"),
+        ("quantization", "quantization"),
+        ("mvit3_examples", "examples"),
+    ):
+        for init in sorted((ROOT / folder).rglob("__init__.py")):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            found.append(".".join((top, *relative)))
+    assert sorted(packages) == sorted(found)
 
 
 def test_missing_core_package_names_it():
@@ -140,15 +172,19 @@ def test_plain_install_has_no_extras(plain_venv):
         [
             bin_dir / "python",
             "-c",
-            "import importlib.util as u, mvit3_keras; print(mvit3_keras.__file__); "
+            "import importlib.util as u, mvit3_keras, mvit3_examples.demo; "
+            "print(mvit3_keras.__file__); print(mvit3_examples.demo.__file__); "
             "print(u.find_spec('torch') is None)",
         ],
         cwd=work,
         env=env,
     )
-    location, no_torch = probe.stdout.split()
+    location, examples, no_torch = probe.stdout.split()
     assert location.startswith(str(bin_dir.parent)), "the installed package, not the repository"
+    assert examples.startswith(str(bin_dir.parent)), "`mvit3 demo` ships with the package"
     assert no_torch == "True", "torch is an extra, not a dependency"
+    demo_help = _run([bin_dir / "mvit3", "demo", "--help"], cwd=work, env=env)
+    assert "--quick" in demo_help.stdout
     _run([bin_dir / "python", "-m", "pip", "check"], cwd=work, env=env)
 
 

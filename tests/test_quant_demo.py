@@ -1,4 +1,5 @@
-"""The quantization step of the README demo, after a quick training run (slow: ~5 min)."""
+"""The int8 step of the README demo (``mvit3_examples.demo``), after a quick training run
+(slow: ~5 min)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import pytest
 
 @pytest.mark.slow
 def test_demo_quantization_step(tmp_path):
-    from quantization.demo_steps import step_quantize
-    from training.demo_steps import step_train
+    from mvit3_examples.demo.quantize import step_quantize
+    from mvit3_examples.demo.train import TRAIN_TITLE, step_train
 
     context = {"output": str(tmp_path), "quick": True, "results": {}}
-    context["results"]["train on real data"] = step_train(context)
+    context["results"][TRAIN_TITLE] = step_train(context)
     result = step_quantize(context)
     names = [row["name"] for row in result["rows"]]
     assert names[0] == "fp32" and any(n.startswith("QAT") for n in names)

@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 import tensorflow as tf
+from support.photos import photo_crops
+from support.weights import recalibrate_batchnorm
 
 import mvit3_keras as m
 from quantization import ExportCheckError, export_tflite, inspect_tflite, run_tflite
@@ -15,7 +17,6 @@ from quantization.calibration import collect_images
 from quantization.edgetpu import edgetpu_report
 from quantization.export import cosine_similarity
 from quantization.graph_rewrite import max_abs_output_difference, prepare_for_export
-from quantization.synthetic import photo_crops, recalibrate_batchnorm
 from quantization.verify import RuntimeCrashError, locate_crash, verify_in_subprocess
 
 
@@ -48,7 +49,12 @@ def test_export_formulation_computes_the_same_function(name, target):
     assert max_abs_output_difference(model, prepared, images) <= 2e-5 * max(scale, 1.0)
     kinds = {type(layer).__name__ for layer in prepared.layers}
     assert "LayerNormalization" not in kinds and "GroupNormalization" not in kinds
-    assert "Unfold" not in kinds and "Fold" not in kinds
+    # unfold / fold / linear attention carry the export formulation of the target
+    switched = [layer for layer in prepared.layers if hasattr(layer, "target")]
+    assert any(type(layer).__name__ == "Unfold" for layer in switched)
+    assert all(layer.target == target for layer in switched), {
+        layer.name: layer.target for layer in switched
+    }
 
 
 def test_every_quant_type_runs_and_keeps_its_promise(tmp_path, crops64):
@@ -63,20 +69,23 @@ def test_every_quant_type_runs_and_keeps_its_promise(tmp_path, crops64):
     }
     for quant, (io_dtype, min_cos) in expectations.items():
         path = tmp_path / f"xxs_{quant}.tflite"
-        report = export_tflite(model, path, quant=quant, representative_data=crops64[:8])
-        assert path.is_file() and report["verify"]["separate_process"]
-        assert report["inputs"][0]["shape"] == [1, 64, 64, 3]
-        assert report["inputs"][0]["dtype"] == io_dtype
-        assert report["outputs"][0]["dtype"] == io_dtype
-        assert not report["custom_ops"] and not report["dynamic_tensors"]
-        hist = report["op_histogram"]
+        # target generic: every op int8 (the cpu target's float islands: test_export_targets)
+        report = export_tflite(
+            model, path, quant=quant, target="generic", representative_data=crops64[:8]
+        )
+        assert path.is_file() and report.verify.separate_process
+        assert report.file.inputs[0]["shape"] == [1, 64, 64, 3]
+        assert report.file.inputs[0]["dtype"] == io_dtype
+        assert report.file.outputs[0]["dtype"] == io_dtype
+        assert not report.file.custom_ops and not report.file.dynamic_tensors
+        hist = report.file.op_histogram
         if quant in ("int8", "int8_full"):
-            assert not report["float_ops"], report["float_ops"]
+            assert not report.file.float_ops, report.file.float_ops
             assert any(k.startswith("CONV_2D") for k in hist)
         if quant == "fp16":
             assert any(k.startswith("DEQUANTIZE") for k in hist)  # fp16 weights
         if quant == "fp32":
-            assert report["int8_tensors"] == 0
+            assert report.file.int8_tensors == 0
         out = run_tflite(path, crops64[8:])
         assert cosine_similarity(out, ref).mean() >= min_cos, quant
     sizes = {q: os.path.getsize(tmp_path / f"xxs_{q}.tflite") for q in expectations}
@@ -87,8 +96,8 @@ def test_int8_full_io_quantization_and_runtime_helper(tmp_path, crops64):
     model = _model("mobilevit_xxs")
     path = tmp_path / "full.tflite"
     report = export_tflite(model, path, quant="int8_full", representative_data=crops64[:8])
-    q = report["inputs"][0]["quantization"]
-    assert report["inputs"][0]["dtype"] == "int8" and q["scale"] > 0
+    q = report.file.inputs[0]["quantization"]
+    assert report.file.inputs[0]["dtype"] == "int8" and q["scale"] > 0
     float_out = run_tflite(path, crops64[8:])  # float images in, dequantized logits out
     assert float_out.dtype == np.float32 and float_out.shape == (4, 10)
     with pytest.raises(ValueError, match="do not fit the model input"):
@@ -104,10 +113,10 @@ def test_edgetpu_target_v2_family_maps_entirely(tmp_path):
     report = export_tflite(
         model, path, quant="int8_full", target="edgetpu", representative_data=images[:8]
     )
-    assert report["inputs"][0]["dtype"] == "uint8" and report["outputs"][0]["dtype"] == "uint8"
+    assert report.file.inputs[0]["dtype"] == "uint8" and report.file.outputs[0]["dtype"] == "uint8"
     assert not any(
         k.startswith(("BATCH_MATMUL", "DEPTH_TO_SPACE", "FULLY_CONNECTED v5"))
-        for k in report["op_histogram"]
+        for k in report.file.op_histogram
     )
     et = edgetpu_report(path)
     assert et["first_cpu_op"] is None, et["first_cpu_op"]
@@ -121,7 +130,7 @@ def test_edgetpu_target_v1_family_reports_first_cpu_op(tmp_path):
     model = _model("mobilevitv3_xxs", size=96)
     path = tmp_path / "xxs_edgetpu.tflite"
     report = export_tflite(model, path, target="edgetpu", quant="int8", representative_data=images)
-    assert report["quant"] == "int8_full" and report["inputs"][0]["dtype"] == "uint8"
+    assert report.quant == "int8_full" and report.file.inputs[0]["dtype"] == "uint8"
     et = edgetpu_report(path)
     first = et["first_cpu_op"]
     assert first is not None and "attn" in first["output"]  # the v1 attention core
@@ -139,7 +148,7 @@ def test_keep_float_islands_for_cpu(tmp_path, crops64):
         representative_data=crops64[:8],
         keep_float=("attention", "normalization"),
     )
-    float_ops = {o["op"] for o in report["float_ops"]}
+    float_ops = {o["op"] for o in report.file.float_ops}
     assert float_ops == {"BATCH_MATMUL", "SOFTMAX", "RSQRT", "ADD"}, float_ops
     with pytest.raises(ValueError, match="Edge TPU"):
         export_tflite(
@@ -159,12 +168,14 @@ def test_stock_formulation_abort_is_caught_and_located(tmp_path):
     names the op, and the export formulation of the same model runs."""
     import keras
 
-    from quantization.export import _concrete_function
+    from quantization.export_prepare import frozen_concrete_function
 
     keras.utils.set_random_seed(0)
     model = m.create_model("mobilevitv3_xxs", input_shape=(64, 64, 3), num_classes=10)
     images = photo_crops(8, 64)
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([_concrete_function(model, 1)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [frozen_concrete_function(model, 1)]
+    )
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = lambda: ([images[i : i + 1]] for i in range(8))
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -177,8 +188,8 @@ def test_stock_formulation_abort_is_caught_and_located(tmp_path):
     fixed = export_tflite(
         model, tmp_path / "fixed.tflite", quant="int8", representative_data=images
     )
-    assert "SQUARED_DIFFERENCE v2" not in fixed["op_histogram"]
-    assert fixed["verify"]["separate_process"]
+    assert "SQUARED_DIFFERENCE v2" not in fixed.file.op_histogram
+    assert fixed.verify.separate_process
 
 
 @pytest.mark.parametrize("quant, target", [("int8", "generic"), ("int8_full", "edgetpu")])
@@ -194,8 +205,8 @@ def test_fresh_model_residual_add_gets_a_legal_range(quant, target, tmp_path):
     images = np.random.default_rng(0).random((8, 96, 96, 3), dtype=np.float32)
     path = tmp_path / f"fresh_{quant}_{target}.tflite"
     report = export_tflite(model, path, quant=quant, target=target, representative_data=images)
-    assert report["verify"]["separate_process"] and path.is_file()
-    widened = [name for r in report["widened_add_ranges"] for name in r]
+    assert report.verify.separate_process and path.is_file()
+    widened = [name for r in report.widened_add_ranges for name in r]
     assert any("layer_3.1.global_rep.0.pre_norm_attn.add" in name for name in widened), widened
     assert illegal_add_outputs(path.read_bytes()) == {}
 
@@ -220,7 +231,7 @@ def test_flex_ops_are_rejected(tmp_path):
         tf.lite.OpsSet.SELECT_TF_OPS,
     ]
     report = inspect_tflite(converter.convert())
-    assert report["custom_ops"][0]["op"] == "CUSTOM:FlexMatrixDeterminant"
+    assert report.custom_ops[0]["op"] == "CUSTOM:FlexMatrixDeterminant"
     from quantization.inspection import check_tflite
 
     with pytest.raises(ExportCheckError, match="Flex"):
@@ -259,7 +270,7 @@ def test_export_argument_errors(tmp_path, crops64):
     with pytest.raises(ValueError, match="input_shape"):
         export_tflite(dynamic, tmp_path / "a.tflite", quant="fp32")
     report = export_tflite(dynamic, tmp_path / "b.tflite", quant="fp32", input_shape=(64, 64, 3))
-    assert report["inputs"][0]["shape"] == [1, 64, 64, 3]
+    assert report.file.inputs[0]["shape"] == [1, 64, 64, 3]
     assert not (tmp_path / "a.tflite").exists()  # nothing half-written on failure
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".")]
 
@@ -283,19 +294,84 @@ def test_segmentation_int8_export_with_argmax(tmp_path):
         )
         recalibrate_batchnorm(model, images[:8])
         path = tmp_path / f"seg_{argmax}.tflite"
-        report = export_tflite(model, path, quant="int8", representative_data=images[:8])
+        report = export_tflite(
+            model, path, quant="int8", target="generic", representative_data=images[:8]
+        )
         outputs[argmax] = (
             run_tflite(path, images[8:]),
             model.predict(images[8:], verbose=0),
             report,
         )
     logits, ref_logits, report = outputs[False]
-    assert logits.shape == (2, 96, 96, 21) and not report["float_ops"]
+    assert logits.shape == (2, 96, 96, 21) and not report.file.float_ops
     assert cosine_similarity(logits, ref_logits).mean() > 0.9
     mask, ref_mask, report = outputs[True]
-    assert report["outputs"][0]["dtype"] == "int32" and mask.shape == (2, 96, 96)
-    assert any(k.startswith("ARG_MAX") for k in report["op_histogram"])
+    assert report.file.outputs[0]["dtype"] == "int32" and mask.shape == (2, 96, 96)
+    assert any(k.startswith("ARG_MAX") for k in report.file.op_histogram)
     # the in-model argmax of the int8 graph == argmax of the int8 logits export
     assert np.mean(mask == logits.argmax(-1)) > 0.95
     # random weights: 21 nearly tied logits per pixel, so only a loose bound vs float
     assert np.mean(mask == ref_mask) > 0.4
+
+
+def test_quant_type_and_target_parse_once_and_list_the_valid_values():
+    from quantization.export import ExportOptions, QuantType, Target, parse_quant_type, parse_target
+
+    assert parse_quant_type("int8_full") is QuantType.INT8_FULL
+    assert parse_quant_type(QuantType.QAT) is QuantType.QAT
+    assert parse_target("edgetpu") is Target.EDGETPU
+    with pytest.raises(ValueError, match="'fp32', 'fp16', 'dynamic', 'int8', 'int8_full', 'qat'"):
+        parse_quant_type("int4")
+    with pytest.raises(ValueError, match="'cpu', 'npu', 'edgetpu', 'gpu', 'generic'"):
+        parse_target("tpu")
+    options = ExportOptions(quant="int8", target="edgetpu")
+    assert options.quant is QuantType.INT8_FULL and options.integer_io  # uint8 I/O
+    assert ExportOptions(quant="fp16").integer_io is False
+    with pytest.raises(ValueError, match="keep_float accepts"):
+        ExportOptions(keep_float=("softmax",))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        ExportOptions(batch_size=0)
+    with pytest.raises(TypeError, match="unknown export option"):
+        export_tflite(None, "x.tflite", quantization="int8")
+
+
+def test_export_stages_alone_and_verify_an_existing_file(tmp_path, crops64):
+    """prepare -> calibrate -> convert (bytes) -> inspect -> verify -> write, each on
+    its own; verify also runs a file that is already on disk."""
+    import json
+
+    from quantization.export import (
+        ExportOptions,
+        calibrate,
+        convert,
+        inspect,
+        prepare,
+        verify,
+        write,
+    )
+
+    model = _model("mobilevitv3_xxs")
+    options = ExportOptions(quant="int8", target="generic")
+    prepared = prepare(model, options)
+    assert prepared.input_shape == (64, 64, 3) and prepared.batch_size == 1
+    calibration = calibrate(prepared, options, crops64[:8])
+    assert calibration.shape == (8, 64, 64, 3)
+    flatbuffer = convert(prepared, options, calibration)
+    assert isinstance(flatbuffer, bytes) and flatbuffer[4:8] == b"TFL3"
+    file_report = inspect(flatbuffer, options, prepared)
+    assert file_report.ops is None and not file_report.float_ops
+    images = crops64[8:10]
+    result = verify(flatbuffer, images, prepared.reference_outputs(images))
+    assert result.separate_process and result.num_images == 2
+    assert result.cosine_vs_float_mean > 0.9 and result.agreement_vs_float is None
+    path = write(flatbuffer, tmp_path / "stages.tflite")
+    on_disk = verify(path, images, model.predict(images, verbose=0))
+    assert on_disk.cosine_vs_float_mean > 0.9 and len(on_disk.outputs) == 1
+    with pytest.raises(ValueError, match=".tflite"):
+        write(flatbuffer, tmp_path / "stages.bin")
+
+    report = export_tflite(model, tmp_path / "whole.tflite", options, representative_data=crops64)
+    assert report.quant is options.quant and report.file.size_bytes == len(flatbuffer)
+    flat = json.loads(report.to_json())
+    assert flat["quant"] == "int8" and flat["input_shape"] == [1, 64, 64, 3]
+    assert flat["verify"]["separate_process"] and "ops" not in flat

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from support.photos import photo_crops
+from support.weights import recalibrate_batchnorm
 
 import mvit3_keras as m
 from quantization import QuantizeConfig, export_tflite, quantize_annotate_layer, quantize_model
@@ -20,7 +22,6 @@ from quantization.qat_layers import (
 )
 from quantization.quantizers import ActivationQuantizer
 from quantization.runtime import run_tflite
-from quantization.synthetic import photo_crops, recalibrate_batchnorm
 
 
 def _float_model(name, size=64, seed=0):
@@ -71,15 +72,39 @@ def test_quantize_model_structure_train_and_reload(tmp_path, crops):
     # .keras round trip
     path = tmp_path / "qat.keras"
     qat.save(path)
-    import quantization.qat  # noqa: F401  (registers the layers)
-
-    reloaded = keras.models.load_model(path)
     np.testing.assert_allclose(
-        reloaded.predict(crops[8:], verbose=0),
+        _predict_in_fresh_process(path, crops[8:], tmp_path),
         qat.predict(crops[8:], verbose=0),
         rtol=1e-5,
         atol=1e-5,
     )
+
+
+def _predict_in_fresh_process(path, images, tmp_path):
+    """``keras.models.load_model(path)`` in a new interpreter that imports only keras
+    and mvit3_keras (every custom object of a saved QAT model is registered there)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, keras, numpy as np, mvit3_keras\n"
+        "model = keras.models.load_model(sys.argv[1])\n"
+        "assert 'quantization' not in sys.modules, 'loading imported quantization'\n"
+        "np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))\n"
+    )
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "reloaded.npy"
+    subprocess.run(
+        [sys.executable, "-c", script, str(path), str(tmp_path / "images.npy"), str(out)],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    return np.load(out)
 
 
 @pytest.mark.parametrize(
@@ -99,8 +124,8 @@ def test_qat_export_reproduces_the_qat_model(name, target, min_cosine, tmp_path,
     calibrate_ranges(qat, crops[:8])
     path = tmp_path / f"{name}_qat.tflite"
     report = export_tflite(qat, path, quant="qat", target=target)
-    assert not report["float_ops"], report["float_ops"]
-    assert not any(k.startswith("CUSTOM") for k in report["op_histogram"])
+    assert not report.file.float_ops, report.file.float_ops
+    assert not any(k.startswith("CUSTOM") for k in report.file.op_histogram)
     out = run_tflite(path, crops[8:])
     ref = qat.predict(crops[8:], verbose=0)
     cos = cosine_similarity(out, ref)
@@ -111,7 +136,7 @@ def test_qat_export_reproduces_the_qat_model(name, target, min_cosine, tmp_path,
     )
     assert cos.mean() > min_cosine
     if target == "edgetpu":
-        assert report["inputs"][0]["dtype"] == "uint8"
+        assert report.file.inputs[0]["dtype"] == "uint8"
         assert edgetpu_report(path)["first_cpu_op"] is None
 
 
@@ -130,7 +155,7 @@ def test_annotated_layer_trains_without_fake_quant(tmp_path, crops):
         qat.get_layer("classifier.fc")(feats), model.get_layer("classifier.fc")(feats), rtol=1e-5
     )
     report = export_tflite(qat, tmp_path / "skip.tflite", quant="qat")
-    assert report["verify"]["cosine_vs_float_mean"] > 0.95
+    assert report.verify.cosine_vs_float_mean > 0.95
 
 
 def test_keep_float_and_config_errors(tmp_path, crops):
@@ -142,7 +167,7 @@ def test_keep_float_and_config_errors(tmp_path, crops):
     )
     calibrate_ranges(qat, crops[:8])
     report = export_tflite(qat, tmp_path / "mixed.tflite", quant="qat")
-    assert {o["op"] for o in report["float_ops"]} <= {
+    assert {o["op"] for o in report.file.float_ops} <= {
         "SOFTMAX",
         "MUL",
         "SUM",
@@ -158,3 +183,45 @@ def test_keep_float_and_config_errors(tmp_path, crops):
         quantize_model(qat)
     with pytest.raises(ValueError, match="quant='qat'"):
         export_tflite(qat, tmp_path / "x.tflite", quant="int8", representative_data=crops)
+
+
+def _demo_float_model(task):
+    keras.utils.set_random_seed(0)
+    if task == "classification":
+        return m.create_model("mobilevitv3_xxs", input_shape=(32, 32, 3), num_classes=10)
+    from mvit3_keras.segmentation import create_segmenter
+
+    segmenter = create_segmenter(
+        "mobilevitv3_xxs", input_shape=(64, 64, 3), num_classes=4, preset="pascal_voc",
+        aspp_channels=32,
+    )  # fmt: skip
+    return segmenter.inference_model()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task, metric", [("classification", "top1"), ("segmentation", "miou")])
+def test_qat_finetune_is_the_trainer_with_a_quantized_model(task, metric, tmp_path):
+    """``qat_finetune`` = :class:`training.trainer.Trainer` with ``quantize_model`` as the
+    model transform: the run folder, metric names and resume of float training."""
+    import json
+
+    from quantization.qat_train import qat_finetune
+
+    out = tmp_path / "qat.keras"
+    kwargs = dict(epochs=1, steps_per_epoch=2, batch_size=4, calibration_samples=8, verbose=0)
+    summary = qat_finetune(_demo_float_model(task), "demo", str(out), task=task, **kwargs)
+    run = tmp_path / "qat.keras.run"
+    for name in ("run.json", "summary.json", "best.keras", "history.csv", "backup/state.json"):
+        assert (run / name).exists(), name
+    assert summary["epochs"] == 1 and summary["steps_per_epoch"] == 2
+    assert summary["calibration_samples"] == 8 and summary["metric"] == metric
+    assert 0.0 <= summary[f"val_{metric}_float"] <= 1.0
+    assert 0.0 <= summary[f"val_{metric}_qat"] <= 1.0
+    assert {metric, f"val_{metric}", f"val_{metric}_raw"} <= set(summary["history"])
+    assert json.loads((tmp_path / "qat.keras.json").read_text())["epochs"] == 1
+    import quantization.qat  # noqa: F401  (registers the layers)
+
+    assert is_qat_model(keras.models.load_model(out))
+    # the same command again: the run is complete, nothing is trained twice
+    again = qat_finetune(_demo_float_model(task), "demo", str(out), task=task, **kwargs)
+    assert again[f"val_{metric}_qat"] == pytest.approx(summary[f"val_{metric}_qat"])

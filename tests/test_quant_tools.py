@@ -6,11 +6,12 @@ import json
 
 import keras
 import pytest
+from support.photos import photo_crops
+from support.weights import recalibrate_batchnorm
 
 import mvit3_keras as m
-from mvit3_keras.cli import main
+from mvit3_cli import dispatch as main
 from quantization.edgetpu import parse_compiler_log
-from quantization.synthetic import photo_crops, recalibrate_batchnorm
 
 COMPILER_LOG = """Edge TPU Compiler version 16.0.384591198
 Input: model.tflite
@@ -167,3 +168,26 @@ def test_cli_qat_finetune_and_export(demo_model, tmp_path, capsys):
     assert out.is_file() and tfl.is_file() and "QAT" in text
     summary = json.loads((tmp_path / "qat.keras.json").read_text())
     assert summary["epochs"] == 1 and summary["steps_per_epoch"] == 2
+
+
+def test_commands_read_the_variant_and_task_the_model_records(demo_model):
+    """`mvit3 export / evaluate-tflite / qat MODEL.keras` need no --model-name / --task:
+    the saved model records them; the command line still wins."""
+    import argparse
+
+    import keras
+
+    from mvit3_keras.segmentation import create_segmenter
+    from quantization.commands import recorded_identity
+
+    none = argparse.Namespace(model_name=None, task=None)
+    classifier = keras.models.load_model(demo_model)
+    assert recorded_identity(none, classifier) == ("mobilevitv3_xxs", "classification")
+    segmenter = create_segmenter("mobilevitv3_xxs", input_shape=(64, 64, 3), aux_head=False)
+    assert recorded_identity(none, segmenter) == ("mobilevitv3_xxs", "segmentation")
+    given = argparse.Namespace(model_name="mobilevitv3_s", task="segmentation")
+    assert recorded_identity(given, classifier) == ("mobilevitv3_s", "segmentation")
+    inputs = keras.Input((8,))
+    plain = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    assert recorded_identity(none, plain) == (None, "classification")
+    assert recorded_identity(none, None) == (None, "classification")

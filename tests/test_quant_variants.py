@@ -1,8 +1,8 @@
 """int8 export of EVERY registered variant, proven by running the files in LiteRT.
 
-For each of the 23 variants (:func:`quantization.sweep.int8_variant_sweep`):
+For each of the 23 variants (:func:`support.sweep.int8_variant_sweep`):
 weights like the official reference checkpoints
-(:func:`quantization.synthetic.official_like_weights`: the official code's
+(:func:`support.weights.official_like_weights`: the official code's
 initialisation and randomisation, BatchNorm statistics measured on real photos,
 every weight seeded by the variant's name), a static 96x96 input (the odd 3x3
 last stage exercises the resize paths of both families), 1000 classes, int8
@@ -48,7 +48,7 @@ when one MEAN reduces more than 8192 elements (TFLite's builtin kernel is
 right). The export computes the v2 family's LayerNorm2D (GroupNorm over the
 whole unfolded map) with one MEAN over ``4 * N * d`` elements: 9216 for
 MobileViTv3-0.5 at 96x96, up to 36864 for width 2.0, 65536 at 256x256. That is
-the 0.478 of issue #10 (mobilevitv2_050 on the old random weights), and both v2
+the 0.478 int8 cosine once measured for mobilevitv2_050 (on older random weights), and both v2
 groups fail these bounds until the export reduces in two steps (channels, then
 positions); the "working" column was measured with that change.
 """
@@ -58,9 +58,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from support.sweep import format_sweep, int8_variant_sweep
 
 import mvit3_keras as m
-from quantization.sweep import format_sweep, int8_variant_sweep
 
 GROUPS = {
     "v1-family": [n for n in m.list_models() if m.get_spec(n).family == "v1"],
@@ -123,9 +123,8 @@ def test_official_like_weights_do_not_depend_on_global_state():
     """The same (name, seed, images) give bit-identical weights whatever the global
     RNG state (every Keras initial value is overwritten); the seed name matters."""
     import keras
-
-    from quantization.sweep import batchnorm_photos
-    from quantization.synthetic import official_like_weights, weights_digest
+    from support.sweep import batchnorm_photos
+    from support.weights import official_like_weights, weights_digest
 
     images = batchnorm_photos(64)
     digests = {}
@@ -148,9 +147,9 @@ def test_official_like_weights_have_the_official_spread(name):
     linears N(0, 0.02); v2 tree convs U(+-1/sqrt(fan_in)) -> std sqrt(fan_in) =
     0.58. The 0.1 std randomisation raises them by 0.5 %."""
     import numpy as np
+    from support.sweep import build_variant
 
     from mvit3_keras.graph_clone import iter_layers
-    from quantization.sweep import build_variant
 
     model = build_variant(name, 64, num_classes=10)
     family = m.get_spec(name).family

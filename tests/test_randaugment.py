@@ -31,9 +31,9 @@ SHEAR, ROTATE, ENHANCE, SOLARIZE, POSTERIZE_BITS = (
 
 
 def _images():
-    from sklearn.datasets import load_sample_image
+    from support.photos import sample_images
 
-    china = load_sample_image("china.jpg")[::8, ::8][:48, :64]  # 48x64x3, no download
+    china = sample_images()[0][::8, ::8][:48, :64]  # china.jpg, 48x64x3, no download
     rng = np.random.RandomState(0)
     low = rng.randint(60, 120, (20, 26, 3)).astype(np.uint8)  # narrow range: autocontrast
     low[..., 2] = 90  # a constant channel: autocontrast/equalize leave it

@@ -301,7 +301,7 @@ def test_unknown_recipe_names_the_known_ones():
 
 
 def test_recipes_command(capsys):
-    from mvit3_keras.cli import main
+    from mvit3_cli import dispatch as main
 
     assert main(["recipes"]) == 0
     out = capsys.readouterr().out

@@ -18,6 +18,7 @@ from mvit3_keras.segmentation import (
     PRESETS,
     AdaptiveAveragePooling2D,
     SegmentationCrossEntropy,
+    Segmenter,
     create_segmenter,
 )
 
@@ -82,7 +83,7 @@ def _cls_encoder_params(reference, spec):
 
 
 def _head_params(spec, head, preset, num_classes):
-    """Analytic parameter count of the official heads (NOTES.md section 5)."""
+    """Analytic parameter count of the official heads (docs/semantics.md, section 5)."""
     v1 = spec.family == S.V1_FAMILY
     c4, c5 = spec.layer_4.out_channels, spec.layer_5.out_channels
     if head == "deeplabv3":
@@ -274,7 +275,7 @@ def test_bad_arguments_raise_clear_errors(kwargs, match):
 
 
 # --------------------------------------------------------------------------------------
-# Head semantics against PyTorch (the rules of NOTES.md section 5)
+# Head semantics against PyTorch (the rules of docs/semantics.md, section 5)
 # --------------------------------------------------------------------------------------
 def test_adaptive_pooling_matches_pytorch():
     torch = pytest.importorskip("torch")
@@ -416,6 +417,35 @@ def test_keras_round_trip(tmp_path):
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(seg(x)))
     assert loaded.segmentation_config == seg.segmentation_config
     assert set(loaded(x, training=True)) == {"logits", "aux_logits"}
+    record = m.model_record(loaded)
+    assert record == m.model_record(seg)
+    assert (record.variant, record.task, record.head, record.preset) == (
+        "mobilevitv3_xxs",
+        "segmentation",
+        "deeplabv3",
+        "pascal_voc",
+    )
+    assert (record.num_classes, record.input_shape) == (4, (64, 80, 3))
+    assert record.options["aux_head"] and record.options["include_argmax"]
+
+
+def test_pspnet_record_round_trip_rebuild_and_older_saves(tmp_path):
+    seg = create_segmenter(
+        "mobilevitv3_050", head="pspnet", preset="ade20k", input_shape=(64, 64, 3)
+    )
+    path = tmp_path / "psp.keras"
+    seg.save(path)
+    record = m.model_record(keras.models.load_model(path))
+    assert record == m.model_record(seg)
+    assert (record.head, record.preset, record.num_classes) == ("pspnet", "ade20k", 150)
+    assert record.options["output_stride"] == 8 and record.options["psp_pool_sizes"] == [1, 2, 3, 6]
+    rebuilt = m.rebuild_model(record)
+    assert type(rebuilt) is Segmenter and m.model_record(rebuilt) == record
+    assert rebuilt.segmentation_config == seg.segmentation_config
+    # A Segmenter saved before records existed: the record comes from its head config.
+    config = seg.get_config()
+    del config["model_record"]
+    assert m.model_record(Segmenter.from_config(config)) == record
 
 
 def test_load_classification_checkpoint_into_backbone():

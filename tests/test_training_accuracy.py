@@ -34,7 +34,7 @@ COMMAND = [
 @pytest.mark.slow
 def test_four_epoch_demo_fine_tune_reaches_90_percent(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "mvit3_keras.cli", *COMMAND, "--output", str(out)]
+    cmd = [sys.executable, "-m", "mvit3_cli", *COMMAND, "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1500, env=env())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
@@ -49,5 +49,5 @@ def test_four_epoch_demo_fine_tune_reaches_90_percent(tmp_path):
     assert len(epochs) == 4 and all("val top1 ema" in line for line in epochs), proc.stdout
     assert "final val top1 (raw weights, backup)" in proc.stdout
     # no Python warning reaches the user (the C++ start-up logs of TensorFlow are printed
-    # before any of this package runs: see mvit3_keras.cli)
+    # before any of this package runs: see mvit3_cli)
     assert not re.search(r"\w+Warning:|retracing", proc.stderr), proc.stderr[-3000:]

@@ -95,7 +95,7 @@ def test_evaluate_ema_raw_best(tiny_run):
 
 
 def test_evaluate_command(tiny_run, capsys):
-    from mvit3_keras.cli import main
+    from mvit3_cli import main
 
     out, _ = tiny_run
     assert main(["evaluate", str(out), "--weights", "raw", "--json"]) == 0
@@ -186,6 +186,8 @@ def test_segmentation_learns_shapes(tmp_path):
         (dict(task="segmentation", image_size=48), "multiple of 32"),
         (dict(recipe="deeplabv3_voc_mobilevitv3_xxs"), "segmentation recipe"),
         (dict(init="/no/such/file.pt"), "not found"),
+        (dict(task="detection"), "unknown task 'detection'.*classification, segmentation"),
+        (dict(head="pspnet"), "--head is for --task segmentation"),
     ],
 )
 def test_bad_input_errors(tmp_path, kwargs, match):
@@ -296,7 +298,7 @@ def test_epoch_line():
 
 
 def test_verbose_flag_before_or_after_the_command():
-    from mvit3_keras.cli import build_parser
+    from mvit3_cli import build_parser
 
     parser = build_parser()
     base = ["train", "--model", "mobilevitv3_xxs", "--dataset", "demo"]
@@ -335,3 +337,35 @@ def test_segmentation_smoke_aux_head_and_pspnet(tmp_path):
     assert s["status"] == "complete" and 0.0 <= s["final"]["miou"] <= 1.0
     model = keras.models.load_model(tmp_path / "seg" / "final.keras")
     assert model.output_shape == (None, 64, 64, 4)  # inference model: logits only, no aux
+
+
+def test_task_registry():
+    from training.tasks import get_task, task_names
+
+    assert task_names() == ("classification", "segmentation")
+    assert get_task("classification").monitor == "val_top1"
+    assert get_task("segmentation").monitor == "val_miou"
+    assert get_task(get_task("segmentation")) is get_task("segmentation")
+    with pytest.raises(ValueError, match="unknown task 'detection'.*--task"):
+        get_task("detection")
+
+
+def test_load_weights_except_the_head_checks_before_loading():
+    import mvit3_keras as m
+    from mvit3_keras.backbone_weights import load_weights_except
+
+    big = m.create_model("mobilevitv3_xxs", num_classes=1000, input_shape=(32, 32, 3))
+    model = m.create_model("mobilevitv3_xxs", num_classes=10, input_shape=(32, 32, 3))
+    state = m.to_cvnets_state_dict(big)
+    report = load_weights_except(model, state, head_prefixes=("classifier",))
+    assert report["loaded"] > 100 and report["head_not_loaded"]
+    assert all(k.startswith("classifier") for k in report["head_not_loaded"] + report["skipped"])
+    np.testing.assert_array_equal(
+        model.get_layer("conv_1.block.conv").get_weights()[0],
+        big.get_layer("conv_1.block.conv").get_weights()[0],
+    )
+    other = m.create_model("mobilevitv3_xs", num_classes=10, input_shape=(32, 32, 3))
+    before = [w.copy() for w in other.get_weights()]
+    with pytest.raises(m.CheckpointMismatchError, match="same variant"):
+        load_weights_except(other, state, head_prefixes=("classifier",))
+    assert all(np.array_equal(a, b) for a, b in zip(before, other.get_weights()))

@@ -78,7 +78,7 @@ def test_state_dict_layout_matches_official_keys(name, reference):
         assert list(ours[key].shape) == shape, key
 
 
-# Stage sizes for inputs not divisible by the patch grid (NOTES.md sections 2-3):
+# Stage sizes for inputs not divisible by the patch grid (docs/semantics.md, sections 2-3):
 # the v1 family keeps odd maps (resizing only the transformer path); the v2
 # family enlarges them to even sizes permanently.
 STAGES_200x260 = {"v1": [(25, 33), (13, 17), (7, 9)], "v2": [(26, 34), (14, 18), (8, 10)]}
@@ -159,3 +159,98 @@ def test_mixed_precision(name, policy):
         assert np.isfinite(history.history["loss"][0])
     finally:
         keras.config.set_dtype_policy("float32")
+
+
+# -- model records: what a saved model is --------------------------------------------------------
+_LOAD_RECORDS = """
+import json, sys
+import keras
+import mvit3_keras
+records = {}
+for path in sys.argv[1:]:
+    record = mvit3_keras.model_record(keras.models.load_model(path))
+    records[path] = None if record is None else record.to_config()
+print(json.dumps(records))
+"""
+
+
+def _without_record(path, new_path):
+    """A copy of the ``.keras`` file ``path`` as an older version wrote it (no record)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(new_path, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                assert config["config"].pop("model_record")
+                data = json.dumps(config).encode()
+            dst.writestr(item, data)
+    return new_path
+
+
+def test_saved_classifier_records_its_variant_after_only_import_mvit3_keras(tmp_path):
+    import subprocess
+    import sys
+
+    model = m.create_model("mobilevitv3_050", num_classes=7, input_shape=(64, 96, 3))
+    record = m.model_record(model)
+    assert record == m.ModelRecord(
+        variant="mobilevitv3_050",
+        task="classification",
+        input_shape=(64, 96, 3),
+        num_classes=7,
+        options={"include_top": True, "pooling": None},
+    )
+    backbone = m.create_backbone("mobilevitv3_xxs", input_shape=(64, 64, 3), output_stride=16)
+    paths = [str(tmp_path / "cls.keras"), str(tmp_path / "backbone.keras")]
+    model.save(paths[0])
+    backbone.save(paths[1])
+    plain = keras.Model(model.input, model.output, name="plain")  # e.g. from an older version
+    paths.append(str(tmp_path / "plain.keras"))
+    plain.save(paths[2])
+    paths.append(_without_record(paths[0], tmp_path / "old.keras"))
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_RECORDS, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    records = json.loads(out.stdout.strip().splitlines()[-1])
+    assert m.ModelRecord.from_config(records[paths[0]]) == record
+    loaded_backbone = m.ModelRecord.from_config(records[paths[1]])
+    assert loaded_backbone == m.model_record(backbone)
+    assert (loaded_backbone.task, loaded_backbone.options["output_stride"]) == ("backbone", 16)
+    assert records[str(paths[2])] is None and records[str(paths[3])] is None
+
+
+def test_rebuild_model_from_record_and_errors():
+    model = m.create_model(
+        "mobilevit_xxs", include_top=False, pooling="avg", input_shape=(None, None, 3)
+    )
+    record = m.model_record(model)
+    assert (record.num_classes, record.input_shape) == (None, (None, None, 3))
+    rebuilt = m.rebuild_model(record)
+    assert m.model_record(rebuilt) == record
+    assert rebuilt.count_params() == model.count_params()
+    assert m.model_record(m.rebuild_model(record, input_shape=(64, 64, 3))).input_shape == (
+        64,
+        64,
+        3,
+    )
+    plain = keras.Model(model.input, model.output)
+    assert m.model_record(plain) is None
+    with pytest.raises(ValueError, match="records no variant.*--model-name"):
+        m.model_record(plain, required=True)
+    with pytest.raises(TypeError, match="expects a keras.Model"):
+        m.model_record("model.keras")
+    with pytest.raises(TypeError, match="only models built by mvit3_keras"):
+        m.attach_model_record(plain, record)
+    with pytest.raises(ValueError, match="task must be one of classification, backbone"):
+        m.ModelRecord(variant="mobilevit_xxs", task="depth", input_shape=(64, 64, 3))
+    with pytest.raises(TypeError, match="cannot be recorded"):
+        m.ModelRecord("mobilevit_xxs", "classification", (64, 64, 3), options={"f": len})
+    clone = keras.models.clone_model(model, clone_function=lambda layer: layer)
+    assert m.model_record(clone) is None  # a clone keeps the class, not the arguments
+    assert m.model_record(m.attach_model_record(clone, record)) == record

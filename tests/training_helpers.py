@@ -31,7 +31,7 @@ def env(**extra):
 
 
 def train_cmd(output, *args):
-    return [sys.executable, "-m", "mvit3_keras.cli", "train", *TINY, "--output", str(output), *args]
+    return [sys.executable, "-m", "mvit3_cli", "train", *TINY, "--output", str(output), *args]
 
 
 def run(cmd, timeout=600, **env_extra):

@@ -14,7 +14,7 @@ Classification (ml-cvnets ``data/transforms/image_pil.py`` / torchvision semanti
   p 0.5 (``keras.layers.MixUp`` / ``keras.layers.CutMix``; ml-cvnets'
   ``RandomChoice([RandomMixup, RandomCutmix])`` with their default p 0.5).
 * evaluation: resize the shorter side to 288 then centre crop 256, bilinear
-  (v1 recipe) or bicubic (v2 recipe), reference NOTES.md section 1.
+  (v1 recipe) or bicubic (v2 recipe), docs/semantics.md section 1.
 
 Segmentation (ml-cvnets segmentation transforms): random short-side resize
 (v2: 256..768, longest side <= 1024, bicubic; v1 ``random_resize``: 256..1024),

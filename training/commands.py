@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+
+from training.tasks import SegmentationTask, task_names
 
 
 def register(subparsers) -> None:
     """Add this package's sub-commands to the ``mvit3`` parser."""
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
+    _add_recipes(subparsers)
+
+
+def _add_train(subparsers) -> None:
     p = subparsers.add_parser(
         "train",
         help="train a model on a TFDS dataset, an image folder or the bundled demo data",
@@ -22,11 +31,11 @@ def register(subparsers) -> None:
         required=True,
         help="TFDS name (imagenet2012, scene_parse150, ...), voc2012, a folder, or demo",
     )
-    p.add_argument("--task", default="classification", choices=("classification", "segmentation"))
+    p.add_argument("--task", default="classification", choices=task_names())
     p.add_argument(
         "--head",
         default=None,
-        choices=("deeplabv3", "pspnet"),
+        choices=SegmentationTask.HEADS,
         help="segmentation head (default: the recipe's)",
     )
     p.add_argument(
@@ -58,10 +67,7 @@ def register(subparsers) -> None:
         metavar="KEY=VALUE",
         help="override a recipe value, e.g. --set optim.weight_decay=0.01 (repeatable)",
     )
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
-    p.add_argument(
-        "--manual-dir", default=None, help="TFDS manual_dir (imagenet2012 tars, VOCdevkit)"
-    )
+    _add_data_dirs(p)
     p.add_argument(
         "--verbose",
         action="store_true",
@@ -71,6 +77,8 @@ def register(subparsers) -> None:
     )
     p.set_defaults(handler=_cmd_train)
 
+
+def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a run folder or a .keras model on a split")
     p.add_argument("target", help="training output folder or a .keras model")
     p.add_argument("--dataset", default=None, help="default: the run's dataset")
@@ -81,11 +89,10 @@ def register(subparsers) -> None:
         choices=("ema", "raw", "best"),
         help="run folders: EMA (final), raw (last backup) or the best checkpoint",
     )
-    p.add_argument("--task", default=None, choices=("classification", "segmentation"))
+    p.add_argument("--task", default=None, choices=task_names())
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--manual-dir", default=None)
+    _add_data_dirs(p)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument(
         "--verbose",
@@ -95,6 +102,8 @@ def register(subparsers) -> None:
     )
     p.set_defaults(handler=_cmd_evaluate)
 
+
+def _add_recipes(subparsers) -> None:
     p = subparsers.add_parser("recipes", help="list the official recipes or print one")
     p.add_argument("name", nargs="?", help="recipe to print with every value")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -102,26 +111,19 @@ def register(subparsers) -> None:
     p.set_defaults(handler=_cmd_recipes)
 
 
+def _add_data_dirs(p) -> None:
+    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    p.add_argument(
+        "--manual-dir", default=None, help="TFDS manual_dir (imagenet2012 tars, VOCdevkit)"
+    )
+
+
 def _cmd_train(args) -> int:
     from training.loop import TrainConfig, train
 
-    config = TrainConfig(
-        model=args.model,
-        dataset=args.dataset,
-        task=args.task,
-        recipe=args.recipe,
-        overrides=list(args.overrides),
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        output=args.output,
-        strategy=args.strategy,
-        head=args.head,
-        init=args.init,
-        data_dir=args.data_dir,
-        manual_dir=args.manual_dir,
-        verbose=bool(getattr(args, "verbose", False)),
-    )
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
+    config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config.overrides = list(config.overrides)
     try:
         train(config)
     except KeyboardInterrupt:  # every file is written atomically: nothing is half-written
@@ -142,17 +144,9 @@ def _cmd_evaluate(args) -> int:
     logger = logging.getLogger("mvit3")
     was_disabled, logger.disabled = logger.disabled, logger.disabled or bool(args.json)
     try:  # with --json stdout is the JSON document: no progress lines on it
-        result = evaluate(
-            args.target,
-            dataset=args.dataset,
-            split=args.split,
-            weights=args.weights,
-            task=args.task,
-            image_size=args.image_size,
-            batch_size=args.batch_size,
-            data_dir=args.data_dir,
-            manual_dir=args.manual_dir,
-        )
+        options = ("dataset", "split", "weights", "task", "image_size", "batch_size")
+        options += ("data_dir", "manual_dir")
+        result = evaluate(args.target, **{name: getattr(args, name) for name in options})
     finally:
         logger.disabled = was_disabled
     if args.json:

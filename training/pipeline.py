@@ -37,16 +37,22 @@ def count_examples(source, split, limit=None):
     return min(n, int(limit)) if limit else n
 
 
-def uses_variable_batch(values: dict, task: str) -> bool:
-    return task == "classification" and get(values, "sampler.name") == "variable_batch_sampler"
+def uses_variable_batch(values: dict) -> bool:
+    """The recipe asks for ml-cvnets' multi-scale ``variable_batch_sampler``
+    (``data/sampler/variable_batch_sampler.py``; classification recipes only)."""
+    return get(values, "sampler.name") == "variable_batch_sampler"
 
 
-def train_steps_per_epoch(values, source, *, per_replica_batch, replicas, image_size, task):
+def train_steps_per_epoch(
+    values, source, *, per_replica_batch, replicas, image_size, variable_batch=False
+):
+    """Optimizer steps per epoch: ``runtime.steps_per_epoch``, else one pass over the
+    training split (``variable_batch``: the expected number of multi-scale batches)."""
     explicit = get(values, "runtime.steps_per_epoch")
     if explicit:
         return int(explicit)
     n = count_examples(source, source.train_split, get(values, "runtime.max_train_examples"))
-    if uses_variable_batch(values, task):
+    if variable_batch:
         pairs = sampler.pairs_from_recipe(values, per_replica_batch, 1, image_size)
         return sampler.expected_batches(n, pairs, replicas)
     return max(1, n // (per_replica_batch * replicas))
@@ -71,7 +77,7 @@ def classification_train(
 ):
     ds = _train_examples(source, values, seed + epoch_offset)
     transform = augment.ClassificationAugment(values, source.num_classes, seed=seed)
-    if uses_variable_batch(values, "classification"):
+    if uses_variable_batch(values):
         pairs = sampler.pairs_from_recipe(values, per_replica_batch, 1, image_size)
         ds = sampler.variable_batch(
             ds, transform, pairs, seed=seed + epoch_offset, replicas=replicas

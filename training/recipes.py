@@ -40,7 +40,7 @@ import json
 from typing import Any
 
 from mvit3_keras import specs as S
-from mvit3_keras.registry import get_spec
+from mvit3_keras.registry import get_spec, lookup
 
 MICRON = "micronDLA/MobileViTv3@5e3f490"
 CVNETS_V1 = "apple/ml-cvnets@d38a116"
@@ -74,7 +74,7 @@ _V1_CLS = {
         "random_resized_crop": {"enable": True, "interpolation": "bilinear"},
         "random_horizontal_flip": {"enable": True},
         # not in the v1 yamls: the ImageNet dataset class of the v1 tree evaluates at
-        # shorter side 288 (bilinear) + center crop 256 (reference NOTES.md section 1)
+        # shorter side 288 (bilinear) + center crop 256 (docs/semantics.md section 1)
         "resize": {"enable": True, "size": 288, "interpolation": "bilinear"},
         "center_crop": {"enable": True, "size": 256},
     },
@@ -538,33 +538,38 @@ def list_recipes(task: str | None = None) -> list:
 
 
 def get_recipe(name: str) -> Recipe:
-    try:
-        return _RECIPES[name]
-    except KeyError:
-        close = difflib.get_close_matches(str(name), list(_RECIPES), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
-            f"Unknown recipe {name!r}.{hint} Known recipes (`mvit3 recipes`): "
-            + ", ".join(_RECIPES)
-        ) from None
+    return lookup(_RECIPES, name, what="recipe", known="Known recipes (`mvit3 recipes`)")
 
 
 def default_recipe(model: str, task: str, dataset: str) -> str:
     """The official recipe written for ``model`` (+ ``dataset`` for segmentation)."""
     spec = get_spec(model)
     if dataset in ("demo", "digits", "demo_shapes"):
-        return "demo" if task == "classification" else "demo_segmentation"
-    if task == "classification":
-        for name, r in _RECIPES.items():
-            if r.task == task and r.name != "mobilevitv3_v2_in1k_ft384" and r.dataset != "demo":
-                if any(fnmatch.fnmatch(spec.name, p) for p in r.models):
-                    return name
-        return "mobilevitv2_in1k"
+        return DEMO_RECIPES[task]
+    return DEFAULT_RECIPE_RULES[task](spec, dataset)
+
+
+def _default_classification_recipe(spec, dataset: str) -> str:
+    for name, r in _RECIPES.items():
+        if r.task == "classification" and r.name != "mobilevitv3_v2_in1k_ft384":
+            if r.dataset != "demo" and any(fnmatch.fnmatch(spec.name, p) for p in r.models):
+                return name
+    return "mobilevitv2_in1k"
+
+
+def _default_segmentation_recipe(spec, dataset: str) -> str:
     ade = "ade" in dataset or "scene_parse" in dataset
     if spec.family == S.V1_FAMILY and not ade:
         size = spec.name.split("_")[1]
         return f"deeplabv3_voc_mobilevitv3_{size}"
     return f"deeplabv3_{'ade20k' if ade else 'voc'}_mobilevitv3_v2"
+
+
+DEMO_RECIPES = {"classification": "demo", "segmentation": "demo_segmentation"}
+DEFAULT_RECIPE_RULES = {
+    "classification": _default_classification_recipe,
+    "segmentation": _default_segmentation_recipe,
+}
 
 
 def flatten(values: dict, prefix: str = "") -> dict:

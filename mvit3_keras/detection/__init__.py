@@ -10,7 +10,7 @@ from mvit3_keras.detection.box_coder import (
     match_anchors,
 )
 from mvit3_keras.detection.detector import COCO_NUM_CLASSES, SSDDetector, create_detector
-from mvit3_keras.detection.export import detection_postprocess_module, export_detector_tflite
+from mvit3_keras.detection.export import detection_postprocess_module
 from mvit3_keras.detection.loss import SSDMultiBoxLoss, hard_negative_mining
 from mvit3_keras.detection.postprocess import postprocess_detections
 
@@ -26,7 +26,6 @@ __all__ = [
     "decode_boxes",
     "detection_postprocess_module",
     "encode_boxes",
-    "export_detector_tflite",
     "feature_map_sizes",
     "generate_anchors",
     "hard_negative_mining",

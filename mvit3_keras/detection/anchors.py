@@ -33,10 +33,23 @@ class AnchorConfig:
     clip: bool = True
 
     def __post_init__(self):
-        if len(self.output_strides) != len(self.aspect_ratios):
+        strides = tuple(int(s) for s in self.output_strides)
+        object.__setattr__(self, "output_strides", strides)
+        object.__setattr__(self, "aspect_ratios", tuple(tuple(r) for r in self.aspect_ratios))
+        if any(s not in (8, 16, 32, -1) and (s < 64 or s & (s - 1)) for s in strides):
             raise ValueError(
-                f"one aspect-ratio list per output stride is needed: {len(self.output_strides)} "
-                f"strides vs {len(self.aspect_ratios)} lists"
+                f"output_strides must be 8, 16, 32, powers of two >= 64 or -1, got {list(strides)}"
+            )
+        extra = [s for s in strides if s > 32 or s == -1]
+        if extra != sorted(s for s in extra if s > 32) + ([-1] if -1 in extra else []):
+            raise ValueError(
+                "extra maps must come in increasing stride with -1 (global) last, "
+                f"got {list(strides)}"
+            )
+        if len(strides) != len(self.aspect_ratios):
+            raise ValueError(
+                f"one aspect-ratio list per output stride: {len(strides)} strides, "
+                f"{len(self.aspect_ratios)} lists"
             )
 
     def unique_ratios(self, index: int) -> list:
@@ -113,7 +126,7 @@ def feature_map_sizes(spec: S.ModelSpec, image_size, output_strides) -> list:
 
     Backbone: every stride-2 stage gives ``ceil(n / 2)``; v2-family
     MobileViT blocks (layer_3..5) enlarge odd maps to the next even size
-    (NOTES.md section 3). Extra layers: stride-2 separable convs
+    (docs/semantics.md section 3). Extra layers: stride-2 separable convs
     (``ceil(n / 2)``) chained from layer_5; stride -1 is the 1x1 global map.
     """
     h, w = (int(s) for s in image_size)

@@ -1,4 +1,5 @@
-"""``create_detector``: SSDLite on any registered backbone (the paper's COCO setup).
+"""``create_detector``: SSDLite on any registered backbone (the paper's COCO setup;
+``cvnets/models/detection/ssd.py`` of ml-cvnets, docs/semantics.md section 6).
 
 The backbone runs at output stride 32 without ``conv_1x1_exp`` / classifier
 (``encoder.*``); the head is :mod:`mvit3_keras.detection.ssd_head`. The model
@@ -18,7 +19,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from mvit3_keras.backbone import _validate_input_shape, backbone_features
+from mvit3_keras.backbone import backbone_features, validate_input_shape
 from mvit3_keras.detection import box_coder
 from mvit3_keras.detection.anchors import AnchorConfig, feature_map_sizes, generate_anchors
 from mvit3_keras.detection.loss import SSDMultiBoxLoss
@@ -30,22 +31,29 @@ from mvit3_keras.detection.ssd_head import (
     extra_layer,
     ssd_head,
 )
+from mvit3_keras.recorded_model import TASK_DETECTION, MobileViTModel, ModelRecord
 from mvit3_keras.registry import get_spec
 
 COCO_NUM_CLASSES = 81  # 80 COCO classes + background (class 0)
 
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
-class SSDDetector(keras.Model):
+class SSDDetector(MobileViTModel):
     """Functional SSD model with its anchor / box-coder configuration.
 
     ``compile(loss=SSDMultiBoxLoss())`` trains on ``y = {"box_labels",
     "box_coordinates"}`` (see :func:`mvit3_keras.detection.match_anchors`).
+    A model saved without a :class:`~mvit3_keras.recorded_model.ModelRecord` gets
+    one derived from ``detection_config``.
     """
+
+    config_attributes = ("detection_config",)
 
     def __init__(self, *args, detection_config: Optional[dict] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.detection_config = dict(detection_config or {})
+        if self.model_record is None and "backbone" in self.detection_config:
+            self.model_record = detection_record(self.detection_config, self.input_shape[1:])
 
     def _config(self, key):
         if key not in self.detection_config:
@@ -146,10 +154,54 @@ class SSDDetector(keras.Model):
             return loss
         return super().compute_loss(x, y, y_pred, sample_weight, training=training)
 
-    def get_config(self):
-        config = super().get_config()
-        config["detection_config"] = self.detection_config
-        return config
+
+def detection_record(detection_config: dict, input_shape) -> ModelRecord:
+    """The :class:`ModelRecord` of a detector from its ``detection_config``."""
+    anchors = detection_config["anchors"]
+    options = {
+        key: detection_config[key]
+        for key in ("proj_channels", "center_variance", "size_variance", "match_iou_threshold")
+    }
+    options.update(
+        {key: anchors[key] for key in ("output_strides", "aspect_ratios", "min_scale", "max_scale")}
+    )
+    return ModelRecord(
+        variant=detection_config["backbone"],
+        task=TASK_DETECTION,
+        input_shape=input_shape,
+        num_classes=detection_config["num_classes"],
+        head="ssdlite",
+        options=options,
+    )
+
+
+def ssd_outputs(features: dict, anchor_cfg: AnchorConfig, proj: list, num_classes: int) -> dict:
+    """``{"confidences", "locations"}``: an SSD head per map (layer_3/4/5 by stride,
+    extra layers chained from ``P5``; ``cvnets/models/detection/ssd.py``)."""
+    by_stride = {8: features["P3"], 16: features["P4"], 32: features["P5"]}
+    x = features["P5"]
+    head_outputs = []
+    per_location = anchor_cfg.anchors_per_location()
+    for index, (stride, n_anchors) in enumerate(zip(anchor_cfg.output_strides, per_location)):
+        if stride in by_stride:
+            feature_map = by_stride[stride]
+        else:
+            x = extra_layer(x, stride, proj[index])
+            feature_map = x
+        head_outputs.append(
+            ssd_head(
+                feature_map,
+                index,
+                proj_channels=proj[index],
+                num_anchors=n_anchors,
+                num_classes=num_classes,
+                kernel_size=1 if stride == -1 else 3,
+            )
+        )
+    merged = keras.layers.Concatenate(axis=1, name="ssd_heads.concat")(head_outputs)
+    locations = SliceLastAxis(0, NUM_COORDINATES, name="locations")(merged)
+    confidences = SliceLastAxis(NUM_COORDINATES, name="confidences")(merged)
+    return {"confidences": confidences, "locations": locations}
 
 
 def create_detector(
@@ -186,54 +238,16 @@ def create_detector(
         raise ValueError(
             f"num_classes must be an int >= 2 including the background class, got {num_classes!r}"
         )
-    strides = [int(s) for s in output_strides]
-    if any(s not in (8, 16, 32, -1) and (s < 64 or s & (s - 1)) for s in strides):
-        raise ValueError(
-            f"output_strides must be 8, 16, 32, powers of two >= 64 or -1, got {strides}"
-        )
-    extra = [s for s in strides if s > 32 or s == -1]
-    if extra != sorted(s for s in extra if s > 32) + ([-1] if -1 in extra else []):
-        raise ValueError(
-            f"extra maps must come in increasing stride with -1 (global) last, got {strides}"
-        )
-    if len(strides) != len(aspect_ratios):
-        raise ValueError(
-            f"one aspect-ratio list per output stride: {len(strides)} strides, "
-            f"{len(aspect_ratios)} lists"
-        )
-    proj = list(proj_channels) + [128] * (len(strides) - len(proj_channels))  # official padding
     anchor_cfg = AnchorConfig(
-        output_strides=tuple(strides),
-        aspect_ratios=tuple(tuple(r) for r in aspect_ratios),
+        output_strides=tuple(output_strides),
+        aspect_ratios=tuple(aspect_ratios),
         min_scale=float(min_scale),
         max_scale=float(max_scale),
     )
-
-    inputs = keras.Input(_validate_input_shape(input_shape), name="image")
+    n_maps = len(anchor_cfg.output_strides)
+    proj = list(proj_channels) + [128] * (n_maps - len(proj_channels))  # official padding
+    inputs = keras.Input(validate_input_shape(input_shape), name="image")
     features = backbone_features(inputs, spec, output_stride=32, prefix="encoder.")
-    by_stride = {8: features["P3"], 16: features["P4"], 32: features["P5"]}
-    x = features["P5"]
-    heads = []
-    for index, (stride, n_anchors) in enumerate(zip(strides, anchor_cfg.anchors_per_location())):
-        if stride in by_stride:
-            fm = by_stride[stride]
-        else:
-            x = extra_layer(x, stride, proj[index])
-            fm = x
-        heads.append(
-            ssd_head(
-                fm,
-                index,
-                proj_channels=proj[index],
-                num_anchors=n_anchors,
-                num_classes=num_classes,
-                kernel_size=1 if stride == -1 else 3,
-            )
-        )
-    merged = keras.layers.Concatenate(axis=1, name="ssd_heads.concat")(heads)
-    locations = SliceLastAxis(0, NUM_COORDINATES, name="locations")(merged)
-    confidences = SliceLastAxis(NUM_COORDINATES, name="confidences")(merged)
-
     config = dict(
         backbone=spec.name,
         num_classes=num_classes,
@@ -245,7 +259,8 @@ def create_detector(
     )
     return SSDDetector(
         inputs,
-        {"confidences": confidences, "locations": locations},
+        ssd_outputs(features, anchor_cfg, proj, num_classes),
         name=model_name or f"{spec.name}_ssdlite",
         detection_config=config,
+        model_record=detection_record(config, inputs.shape[1:]),
     )

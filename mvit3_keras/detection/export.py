@@ -1,4 +1,5 @@
-"""TFLite export with the standard ``TFLite_Detection_PostProcess`` custom op.
+"""The model side of the TFLite detector export: the standard
+``TFLite_Detection_PostProcess`` custom op after the SSD network.
 
 As the TensorFlow Object Detection API does (``export_tflite_graph_lib_tf2``),
 the post-processing is an empty ``tf.function`` whose
@@ -19,18 +20,14 @@ normalised, ``detection_classes [1, K]`` (float, **0-based without the
 background**, i.e. official label - 1), ``detection_scores [1, K]``,
 ``num_detections [1]``. ``use_regular_nms=True`` (default) is per-class NMS
 like the official code; ``False`` is the faster class-agnostic variant.
+
+The conversion itself (LiteRT converter, checks, verification, atomic write)
+is ``quantization.export_tflite``, the same path as every other model.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
-from typing import Optional
-
-import numpy as np
 import tensorflow as tf
-
-from mvit3_keras.io_utils import atomic_write_bytes
 
 OP_NAME = "TFLite_Detection_PostProcess"
 
@@ -68,50 +65,9 @@ def _implements_signature(
     return " ".join(parts)
 
 
-def detection_postprocess_module(
-    detector,
-    *,
-    max_detections: int = 100,
-    detections_per_class: int = 100,
-    score_threshold: float = 0.01,
-    iou_threshold: float = 0.5,
-    use_regular_nms: bool = True,
-    max_classes_per_detection: int = 1,
-) -> tf.Module:
-    """A ``tf.Module`` whose ``serve(image)`` (batch 1, the detector's static size)
-    runs the detector and the ``TFLite_Detection_PostProcess`` composite.
-
-    In TensorFlow the composite is a placeholder (returns zeros); only the
-    converted model computes detections. Use :func:`export_detector_tflite`
-    or convert ``module.serve.get_concrete_function()`` yourself (e.g. with
-    quantization options).
-    """
+def _serving_module(detector, postprocess, anchors_yxhw) -> tf.Module:
+    """The ``tf.Module`` whose ``serve(image)`` runs ``detector`` and ``postprocess``."""
     h, w, c = detector.input_shape[1:]
-    if h is None or w is None:
-        raise ValueError(
-            "TFLite detection export needs a fixed input size: build the detector with "
-            "create_detector(..., input_shape=(320, 320, 3))"
-        )
-    cfg = detector.detection_config
-    anchors = detector.anchors()
-    anchors_yxhw = tf.constant(anchors[:, [1, 0, 3, 2]], tf.float32)
-    signature = _implements_signature(
-        num_classes=detector.num_classes - 1,
-        max_detections=max_detections,
-        max_classes_per_detection=max_classes_per_detection,
-        detections_per_class=detections_per_class,
-        use_regular_nms=use_regular_nms,
-        score_threshold=score_threshold,
-        iou_threshold=iou_threshold,
-        center_variance=cfg["center_variance"],
-        size_variance=cfg["size_variance"],
-    )
-
-    @tf.function(experimental_implements=signature)
-    def postprocess(box_encodings, class_predictions, anchors):  # noqa: ARG001
-        zero = tf.constant(0.0, tf.float32)
-        return zero, zero, zero, zero
-
     # The weights enter the graph as constants (a stateless call), so the
     # converter folds them; freezing a traced graph afterwards would inline the
     # composite function and lose the custom op.
@@ -138,41 +94,48 @@ def detection_postprocess_module(
     return DetectionModule()
 
 
-def export_detector_tflite(
+def detection_postprocess_module(
     detector,
-    path,
     *,
-    converter_options: Optional[Callable] = None,
-    **postprocess_kwargs,
-) -> dict:
-    """Write a float TFLite model with the ``TFLite_Detection_PostProcess`` op.
+    max_detections: int = 100,
+    detections_per_class: int = 100,
+    score_threshold: float = 0.01,
+    iou_threshold: float = 0.5,
+    use_regular_nms: bool = True,
+    max_classes_per_detection: int = 1,
+) -> tf.Module:
+    """A ``tf.Module`` whose ``serve(image)`` (batch 1, the detector's static size)
+    runs the detector and the ``TFLite_Detection_PostProcess`` composite.
 
-    Args:
-        detector: from :func:`mvit3_keras.create_detector` (fixed input size).
-        path: output ``.tflite`` (written atomically).
-        converter_options: optional ``fn(converter)`` to set converter options
-            (e.g. quantization) before conversion.
-        **postprocess_kwargs: see :func:`detection_postprocess_module`.
-
-    Returns:
-        ``{"path", "bytes", "num_anchors"}``.
+    In TensorFlow the composite is a placeholder (returns zeros); only the
+    converted model computes detections. Convert
+    ``module.serve.get_concrete_function()`` together with ``module`` (the
+    trackable keeps the composite for legalisation), as
+    ``quantization.export_tflite`` does for a detector.
     """
-    module = detection_postprocess_module(detector, **postprocess_kwargs)
-    # With the trackable object the converter goes through a SavedModel and keeps
-    # the composite function (``experimental_implements``) for legalisation.
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [module.serve.get_concrete_function()], module
+    h, w, _ = detector.input_shape[1:]
+    if h is None or w is None:
+        raise ValueError(
+            "TFLite detection export needs a fixed input size: build the detector with "
+            "create_detector(..., input_shape=(320, 320, 3))"
+        )
+    cfg = detector.detection_config
+    anchors_yxhw = tf.constant(detector.anchors()[:, [1, 0, 3, 2]], tf.float32)
+    signature = _implements_signature(
+        num_classes=detector.num_classes - 1,
+        max_detections=max_detections,
+        max_classes_per_detection=max_classes_per_detection,
+        detections_per_class=detections_per_class,
+        use_regular_nms=use_regular_nms,
+        score_threshold=score_threshold,
+        iou_threshold=iou_threshold,
+        center_variance=cfg["center_variance"],
+        size_variance=cfg["size_variance"],
     )
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if converter_options is not None:
-        converter_options(converter)
-    flatbuffer = converter.convert()
-    if OP_NAME.encode() not in flatbuffer:
-        raise RuntimeError(f"the converter did not emit {OP_NAME}; TensorFlow too old?")
-    path = os.fspath(path)
-    atomic_write_bytes(path, flatbuffer)
-    return {
-        "path": path,
-        "bytes": len(flatbuffer),
-        "num_anchors": int(np.shape(detector.anchors())[0]),
-    }
+
+    @tf.function(experimental_implements=signature)
+    def postprocess(box_encodings, class_predictions, anchors):  # noqa: ARG001
+        zero = tf.constant(0.0, tf.float32)
+        return zero, zero, zero, zero
+
+    return _serving_module(detector, postprocess, anchors_yxhw)

@@ -1,5 +1,5 @@
 """SSDLite head of the official detector (``cvnets/models/detection/ssd.py``,
-``cvnets/modules/ssd.py``; NOTES.md section 6).
+``cvnets/modules/ssd.py``; docs/semantics.md section 6).
 
 * Feature maps: layer_4 (output stride 16), layer_5 (32), then
   ``extra_layers.os_64/128/256`` = separable convs (``dw_conv`` 3x3 stride 2

@@ -1,25 +1,61 @@
-"""Custom Keras layers (all registered under the ``mvit3_keras`` package)."""
+"""Custom Keras layers (all registered under the ``mvit3_keras`` package).
 
-from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAttention
-from mvit3_keras.layers.attention_inference import (
-    LinearSelfAttentionSplit,
-    MultiHeadSelfAttentionSplit,
+One class per concept, its formulations as switches: the attention cores
+(``dim``: inference split projection; ``target``: export softmax), :class:`Unfold`
+/ :class:`Fold` (``target``: export data movement), :class:`NormalizationExport`
+(LayerNorm / GroupNorm(1) with explicit statistics ops), and the quantized twins
+of :mod:`mvit3_keras.layers.quantized` (importing this package registers them, so
+every saved model of this project loads after ``import mvit3_keras``).
+"""
+
+from mvit3_keras.layers.attention import (
+    AttentionCore,
+    LinearSelfAttention,
+    MultiHeadSelfAttention,
     SplitPointwiseConv,
+    patch_softmax,
+    softmax,
 )
 from mvit3_keras.layers.batch_norm import BatchNorm
-from mvit3_keras.layers.patches import Fold, Unfold
+from mvit3_keras.layers.fake_quant import ActivationQuantizer
+from mvit3_keras.layers.legacy import LEGACY_CLASSES
+from mvit3_keras.layers.normalization import NormalizationExport, stepwise_mean
+from mvit3_keras.layers.patches import EXPORT_TARGETS, Fold, Unfold, check_target
+from mvit3_keras.layers.quantized import (
+    QAT_LAYER_CLASSES,
+    QuantActivation,
+    QuantConv,
+    QuantizeWrapper,
+    QuantLinearSelfAttention,
+    QuantMultiHeadSelfAttention,
+    QuantNormalization,
+)
 from mvit3_keras.layers.resize import ResizeLike, ResizeToEven, bilinear_resize
 
 __all__ = [
+    "EXPORT_TARGETS",
+    "LEGACY_CLASSES",
+    "QAT_LAYER_CLASSES",
+    "ActivationQuantizer",
+    "AttentionCore",
     "BatchNorm",
     "Fold",
     "LinearSelfAttention",
-    "LinearSelfAttentionSplit",
-    "MultiHeadSelfAttentionSplit",
     "MultiHeadSelfAttention",
+    "NormalizationExport",
+    "QuantActivation",
+    "QuantConv",
+    "QuantLinearSelfAttention",
+    "QuantMultiHeadSelfAttention",
+    "QuantNormalization",
+    "QuantizeWrapper",
     "ResizeLike",
     "ResizeToEven",
     "SplitPointwiseConv",
     "Unfold",
     "bilinear_resize",
+    "check_target",
+    "patch_softmax",
+    "softmax",
+    "stepwise_mean",
 ]

@@ -1,11 +1,13 @@
 """Bilinear resizes with PyTorch's two conventions.
 
 * ``align_corners=False`` (half-pixel centres, no antialias): what the v1
-  family's MobileViT block uses for odd feature maps (NOTES.md section 2);
-  identical to ``tf.image.resize(..., "bilinear", antialias=False)``.
+  family's MobileViT block uses for odd feature maps (``MobileViTBlock.unfolding``
+  in ``cvnets/modules/mobilevit_block.py``); identical to
+  ``tf.image.resize(..., "bilinear", antialias=False)``.
 * ``align_corners=True`` (``src = dst * (in - 1) / (out - 1)``): the v2 family
-  block input resize and the v2 segmentation upsampling (NOTES.md sections 3,
-  5). Keras 3 has no such op, so the TF backend's ``ResizeBilinear`` with
+  block input resize (``MobileViTBlockv2.resize_input_if_needed``) and the v2
+  segmentation upsampling (``cvnets/models/segmentation/heads/deeplabv3.py``).
+  Keras 3 has no such op, so the TF backend's ``ResizeBilinear`` with
   ``align_corners=True`` is used; it converts to one TFLite RESIZE_BILINEAR.
 """
 
@@ -15,7 +17,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mvit3_keras.layers.patches import _dim
+from mvit3_keras.layers.patches import axis_size
 
 
 def bilinear_resize(x, size, align_corners: bool):
@@ -41,7 +43,7 @@ class ResizeToEven(keras.layers.Layer):
         self.align_corners = bool(align_corners)
 
     def call(self, x):
-        size = (_even(_dim(x, 1)), _even(_dim(x, 2)))
+        size = (_even(axis_size(x, 1)), _even(axis_size(x, 2)))
         y = bilinear_resize(x, size, self.align_corners)
         return ops.cast(y, x.dtype)
 
@@ -65,7 +67,7 @@ class ResizeLike(keras.layers.Layer):
 
     def call(self, inputs):
         x, reference = inputs
-        size = (_dim(reference, 1), _dim(reference, 2))
+        size = (axis_size(reference, 1), axis_size(reference, 2))
         return ops.cast(bilinear_resize(x, size, self.align_corners), x.dtype)
 
     def compute_output_shape(self, input_shapes):

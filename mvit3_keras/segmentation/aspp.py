@@ -1,4 +1,5 @@
-"""Atrous spatial pyramid pooling (``cvnets.modules.ASPP``; NOTES.md section 5).
+"""Atrous spatial pyramid pooling (``cvnets/modules/aspp_block.py::ASPP``;
+docs/semantics.md section 5).
 
 Branches, concatenated in this order (5 x channels): ``convs.0`` 1x1
 conv+BN+ReLU; ``convs.1..3`` 3x3 conv, dilation = rate (padding = rate),

@@ -3,7 +3,7 @@
 * :class:`AdaptiveAveragePooling2D`: ``torch.nn.AdaptiveAvgPool2d`` with
   PyTorch's bins (``start = floor(i * H / s)``, ``end = ceil((i + 1) * H / s)``;
   neighbouring bins overlap when ``H`` is not a multiple of ``s``), as the
-  PSPNet pyramid of the official code uses it (reference NOTES.md section 5).
+  PSPNet pyramid of the official code uses it (docs/semantics.md, section 5).
 * :class:`ScaleResize`: ``UpSample(scale_factor=k, mode="bilinear")`` of the
   official segmentation heads (output ``k * H x k * W``) with either
   align_corners rule.
@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras import ops
 
 from mvit3_keras.layers import bilinear_resize
-from mvit3_keras.layers.patches import _dim
+from mvit3_keras.layers.patches import axis_size
 
 
 def adaptive_pool_bins(in_size: int, out_size: int) -> list:
@@ -87,8 +87,8 @@ class AdaptiveAveragePooling2D(keras.layers.Layer):
                 )
             x = self._pool_axis_static(x, 1, h, oh)
             return self._pool_axis_static(x, 2, w, ow)
-        ph = self._pool_matrix(_dim(x, 1), oh, x.dtype)
-        pw = self._pool_matrix(_dim(x, 2), ow, x.dtype)
+        ph = self._pool_matrix(axis_size(x, 1), oh, x.dtype)
+        pw = self._pool_matrix(axis_size(x, 2), ow, x.dtype)
         x = ops.einsum("ih,bhwc->biwc", ph, x)
         return ops.einsum("jw,biwc->bijc", pw, x)
 
@@ -120,7 +120,7 @@ class ScaleResize(keras.layers.Layer):
     def call(self, x):
         if self.factor == 1:
             return x
-        size = (_dim(x, 1) * self.factor, _dim(x, 2) * self.factor)
+        size = (axis_size(x, 1) * self.factor, axis_size(x, 2) * self.factor)
         return ops.cast(bilinear_resize(x, size, self.align_corners), x.dtype)
 
     def compute_output_shape(self, input_shape):

@@ -1,4 +1,5 @@
-"""Pyramid pooling module of PSPNet (``cvnets.modules.PSP``, v2 tree; NOTES.md section 5).
+"""Pyramid pooling module of PSPNet (``cvnets/modules/pspnet_module.py::PSP``, v2 tree;
+docs/semantics.md section 5).
 
 ``reduction = (C // len(pool_sizes)) // 16 * 16``; branch ``psp_branches.i``
 = ``AdaptiveAvgPool2d(s)`` (PyTorch bins) -> ``.1`` 1x1 conv (C -> reduction)

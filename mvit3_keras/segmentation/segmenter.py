@@ -1,8 +1,9 @@
 """``create_segmenter``: DeepLabv3 / PSPNet on any registered backbone.
 
-Graph (the official ``encoder_decoder`` model, NOTES.md sections 4-5): the
-backbone (``encoder.*``, dilated to the output stride by each family's rule,
-no ``conv_1x1_exp`` / classifier) -> ASPP (``seg_head.aspp.aspp_layer``) or
+Graph (the official ``encoder_decoder`` model: ``cvnets/models/segmentation/enc_dec.py``
+with ``cvnets/models/segmentation/heads/{deeplabv3,pspnet}.py``; docs/semantics.md
+sections 4-5): the backbone (``encoder.*``, dilated to the output stride by each
+family's rule, no ``conv_1x1_exp`` / classifier) -> ASPP (``seg_head.aspp.aspp_layer``) or
 PSP (``seg_head.psp_layer``) on layer_5 -> 1x1 classifier -> bilinear
 upsampling by the output stride (v1 tree align_corners=False, v2 tree
 align_corners=True). Every weight-bearing layer carries its official
@@ -21,34 +22,43 @@ loss of the (upsampled) aux logits.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Optional
 
 import keras
 
 from mvit3_keras import specs as S
-from mvit3_keras.backbone import _validate_input_shape, backbone_features
+from mvit3_keras.backbone import backbone_features, validate_input_shape
 from mvit3_keras.layers import ResizeLike
+from mvit3_keras.recorded_model import TASK_SEGMENTATION, MobileViTModel, ModelRecord
 from mvit3_keras.registry import get_spec
 from mvit3_keras.segmentation import heads
 from mvit3_keras.segmentation.aspp import aspp
 from mvit3_keras.segmentation.layers import ArgmaxMask, ScaleResize
 from mvit3_keras.segmentation.losses import SegmentationCrossEntropy, resize_logits_to_labels
-from mvit3_keras.segmentation.presets import resolve_config
+from mvit3_keras.segmentation.presets import (
+    OVERRIDABLE_FIELDS,
+    SegmentationConfig,
+    resolve_config,
+)
 from mvit3_keras.segmentation.pspnet import pyramid_pooling
 
 OUTPUT_RESOLUTIONS = ("official", "input", "low")
 
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
-class Segmenter(keras.Model):
+class Segmenter(MobileViTModel):
     """Functional segmentation model with a training-only aux output.
 
     Inference (``training`` false / unset) returns ``inference_output``
     (``"logits"`` or ``"mask"``); training returns ``"logits"`` alone or
     ``{"logits", "aux_logits"}`` when the model has an aux head.
+    ``segmentation_config`` holds the resolved head configuration; a model
+    saved without a :class:`~mvit3_keras.recorded_model.ModelRecord` gets one
+    derived from it.
     """
+
+    config_attributes = ("aux_loss_weight", "inference_output", "segmentation_config")
 
     def __init__(
         self,
@@ -70,6 +80,10 @@ class Segmenter(keras.Model):
             )
         self.inference_output = inference_output
         self.segmentation_config = dict(segmentation_config or {})
+        if self.model_record is None and "backbone" in self.segmentation_config:
+            self.model_record = segmentation_record(
+                self.segmentation_config, self.input_shape[1:], inference_output == "mask"
+            )
 
     @property
     def has_aux_head(self) -> bool:
@@ -137,14 +151,91 @@ class Segmenter(keras.Model):
         output = output or self.inference_output
         return keras.Model(self.input, self.output[output], name=f"{self.name}_{output}")
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            aux_loss_weight=self.aux_loss_weight,
-            inference_output=self.inference_output,
-            segmentation_config=self.segmentation_config,
+
+def segmentation_record(head_config: dict, input_shape, include_argmax: bool) -> ModelRecord:
+    """The :class:`ModelRecord` of a segmenter from its ``segmentation_config``
+    (the resolved head values, so a rebuild does not depend on preset defaults)."""
+    options = {key: head_config[key] for key in OVERRIDABLE_FIELDS if key != "num_classes"}
+    options.update(
+        output_resolution=head_config.get("output_resolution", "official"),
+        include_argmax=bool(include_argmax),
+    )
+    return ModelRecord(
+        variant=head_config["backbone"],
+        task=TASK_SEGMENTATION,
+        input_shape=input_shape,
+        num_classes=head_config["num_classes"],
+        head=head_config["head"],
+        preset=head_config.get("preset"),
+        options=options,
+    )
+
+
+def segmentation_head(features: dict, cfg: SegmentationConfig):
+    """Low-resolution logits: ASPP (DeepLabv3) or the pyramid (PSPNet) on ``P5``,
+    then the 1x1 classifier (``cvnets/models/segmentation/heads/``)."""
+    x = features["P5"]
+    if cfg.head == "deeplabv3":
+        x = aspp(
+            x,
+            channels=cfg.aspp_channels,
+            rates=cfg.aspp_rates,
+            name="seg_head.aspp.aspp_layer",
+            dropout=cfg.aspp_dropout,
+            separable=cfg.aspp_separable,
+            head_style=cfg.head_style,
         )
-        return config
+    else:
+        x = pyramid_pooling(
+            x,
+            channels=cfg.psp_channels,
+            pool_sizes=cfg.psp_pool_sizes,
+            name="seg_head.psp_layer",
+            dropout=cfg.psp_dropout,
+        )
+    return heads.classifier(
+        x, cfg.num_classes, head_style=cfg.head_style, dropout=cfg.classifier_dropout
+    )
+
+
+def check_output_resolution(output_resolution: str) -> None:
+    if output_resolution not in OUTPUT_RESOLUTIONS:
+        raise ValueError(
+            f"output_resolution must be one of {', '.join(OUTPUT_RESOLUTIONS)}, "
+            f"got {output_resolution!r}"
+        )
+
+
+def upsample_logits(low, inputs, cfg: SegmentationConfig, output_resolution: str):
+    """The logits at ``output_resolution`` (see :func:`create_segmenter`); the v2
+    heads resize with ``align_corners=True``, the v1 heads with ``False``."""
+    check_output_resolution(output_resolution)
+    align_corners = cfg.head_style == S.V2_FAMILY
+    if output_resolution == "official":
+        return ScaleResize(
+            cfg.output_stride,
+            align_corners=align_corners,
+            name=heads.upsample_name(cfg.head_style, cfg.output_stride),
+        )(low)
+    if output_resolution == "input":
+        return ResizeLike(align_corners=align_corners, name="seg_head.resize_to_input")(
+            [low, inputs]
+        )
+    return low
+
+
+def segmenter_outputs(inputs, spec: S.ModelSpec, cfg, output_resolution, include_argmax):
+    """``{"logits", ["aux_logits"], ["mask"]}`` of the segmentation graph on ``inputs``."""
+    features = backbone_features(inputs, spec, output_stride=cfg.output_stride, prefix="encoder.")
+    logits = upsample_logits(segmentation_head(features, cfg), inputs, cfg, output_resolution)
+    outputs = {"logits": logits}
+    if cfg.aux_head:
+        outputs["aux_logits"] = heads.aux_head(
+            features["P4"], cfg.num_classes, head_style=cfg.head_style, dropout=cfg.aux_dropout
+        )
+    if include_argmax:
+        outputs["mask"] = ArgmaxMask(name="mask")(logits)
+    return outputs
 
 
 def create_segmenter(
@@ -176,105 +267,33 @@ def create_segmenter(
         backbone: a registered variant (``mvit3_keras.list_models()``), v3 or baseline.
         head: ``"deeplabv3"`` or ``"pspnet"``.
         preset: ``"pascal_voc"`` (default) or ``"ade20k"``: the official
-            configuration of the backbone's family (see
-            :mod:`mvit3_keras.segmentation.presets`); every explicit argument
-            below overrides it.
-        num_classes: 21 (VOC) / 150 (ADE20K) by preset.
-        output_stride: 16 / 8 by preset (32: no dilation).
+            configuration of the backbone's family (:mod:`mvit3_keras.segmentation.presets`).
+        num_classes, output_stride, aspp_channels, aspp_rates, aspp_dropout,
+            aspp_separable, psp_channels, psp_pool_sizes, psp_dropout,
+            classifier_dropout, aux_head, aux_dropout, aux_loss_weight: override
+            the preset (``None`` keeps it); see :class:`SegmentationConfig`.
         input_shape: ``(H, W, 3)``, images in [0, 1]; ``None`` sides for any size.
-        aspp_channels, aspp_rates, aspp_dropout, aspp_separable: DeepLabv3 ASPP.
-        psp_channels, psp_pool_sizes, psp_dropout: PSPNet pyramid.
-        classifier_dropout: Dropout2d before the classifier (v1 DeepLabv3 only).
-        aux_head: the training-only aux head on layer_4 (v2 presets: on).
-        aux_dropout, aux_loss_weight: aux head dropout / loss weight (0.1 / 0.4).
-        output_resolution: ``"official"``: low-resolution logits x output
-            stride (what the official model returns; equals the input size when
-            it is divisible by the network stride); ``"input"``: resized to
-            exactly the input size (same interpolation rule); ``"low"``: the
-            low-resolution logits.
+        output_resolution: ``"official"``: low-resolution logits x output stride
+            (the official output; the input size when it is divisible by the
+            network stride); ``"input"``: resized to exactly the input size;
+            ``"low"``: the low-resolution logits.
         include_argmax: inference returns the per-pixel class map (int32
             ``[B, H, W]``) instead of logits (for export).
-
-    Returns:
-        A :class:`Segmenter` (functional ``keras.Model``).
     """
+    arguments = dict(locals())  # the call's arguments by name (no other local exists yet)
     spec = get_spec(backbone)
-    if output_resolution not in OUTPUT_RESOLUTIONS:
-        raise ValueError(
-            f"output_resolution must be one of {', '.join(OUTPUT_RESOLUTIONS)}, "
-            f"got {output_resolution!r}"
-        )
-    overrides = dict(
-        num_classes=num_classes,
-        output_stride=output_stride,
-        aspp_channels=aspp_channels,
-        aspp_rates=None if aspp_rates is None else tuple(int(r) for r in aspp_rates),
-        aspp_dropout=aspp_dropout,
-        aspp_separable=aspp_separable,
-        psp_channels=psp_channels,
-        psp_pool_sizes=None if psp_pool_sizes is None else tuple(int(s) for s in psp_pool_sizes),
-        psp_dropout=psp_dropout,
-        classifier_dropout=classifier_dropout,
-        aux_head=aux_head,
-        aux_dropout=aux_dropout,
-        aux_loss_weight=aux_loss_weight,
-    )
-    cfg = resolve_config(spec, head, preset, overrides)
-    align_corners = cfg.head_style == S.V2_FAMILY
-
-    inputs = keras.Input(_validate_input_shape(input_shape), name="image")
-    features = backbone_features(inputs, spec, output_stride=cfg.output_stride, prefix="encoder.")
-    x = features["P5"]
-    if cfg.head == "deeplabv3":
-        x = aspp(
-            x,
-            channels=cfg.aspp_channels,
-            rates=cfg.aspp_rates,
-            name="seg_head.aspp.aspp_layer",
-            dropout=cfg.aspp_dropout,
-            separable=cfg.aspp_separable,
-            head_style=cfg.head_style,
-        )
-    else:
-        x = pyramid_pooling(
-            x,
-            channels=cfg.psp_channels,
-            pool_sizes=cfg.psp_pool_sizes,
-            name="seg_head.psp_layer",
-            dropout=cfg.psp_dropout,
-        )
-    low = heads.classifier(
-        x, cfg.num_classes, head_style=cfg.head_style, dropout=cfg.classifier_dropout
-    )
-    if output_resolution == "official":
-        logits = ScaleResize(
-            cfg.output_stride,
-            align_corners=align_corners,
-            name=heads.upsample_name(cfg.head_style, cfg.output_stride),
-        )(low)
-    elif output_resolution == "input":
-        logits = ResizeLike(align_corners=align_corners, name="seg_head.resize_to_input")(
-            [low, inputs]
-        )
-    else:
-        logits = low
-    outputs = {"logits": logits}
-    if cfg.aux_head:
-        outputs["aux_logits"] = heads.aux_head(
-            features["P4"], cfg.num_classes, head_style=cfg.head_style, dropout=cfg.aux_dropout
-        )
-    if include_argmax:
-        outputs["mask"] = ArgmaxMask(name="mask")(logits)
-
-    record = {  # JSON-like (lists, not tuples), so it survives a .keras round trip
-        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()
-    }
-    record.update(backbone=spec.name, output_resolution=output_resolution, preset=preset)
+    check_output_resolution(output_resolution)
+    cfg = resolve_config(spec, head, preset, {k: arguments[k] for k in OVERRIDABLE_FIELDS})
+    inputs = keras.Input(validate_input_shape(input_shape), name="image")
+    outputs = segmenter_outputs(inputs, spec, cfg, output_resolution, include_argmax)
+    head_config = cfg.to_dict()
+    head_config.update(backbone=spec.name, output_resolution=output_resolution, preset=preset)
     return Segmenter(
         inputs,
         outputs,
         name=model_name or f"{spec.name}_{cfg.head}",
         aux_loss_weight=cfg.aux_loss_weight,
         inference_output="mask" if include_argmax else "logits",
-        segmentation_config=record,
+        segmentation_config=head_config,
+        model_record=segmentation_record(head_config, inputs.shape[1:], include_argmax),
     )

@@ -5,13 +5,20 @@ from training.datasets.classification import open_classification
 from training.datasets.segmentation import open_segmentation
 
 
+def _open_classification(name: str, *, image_size=None, **kwargs) -> DatasetSource:
+    return open_classification(name, **kwargs)  # images are resized by the pipeline
+
+
+OPENERS = {"classification": _open_classification, "segmentation": open_segmentation}
+"""The dataset opener of each task."""
+
+
 def open_dataset(name: str, task: str = "classification", **kwargs) -> DatasetSource:
-    if task == "classification":
-        kwargs.pop("image_size", None)
-        return open_classification(name, **kwargs)
-    if task == "segmentation":
-        return open_segmentation(name, **kwargs)
-    raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
+    """The :class:`DatasetSource` of ``--dataset name`` for ``task``."""
+    opener = OPENERS.get(task)
+    if opener is None:
+        raise ValueError(f"task must be one of {', '.join(OPENERS)}, got {task!r}")
+    return opener(name, **kwargs)
 
 
 __all__ = [

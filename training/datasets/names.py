@@ -39,6 +39,10 @@ KNOWN = {
 }
 
 
+DATASET_LABEL = {"classification": "dataset"}
+"""How an error names a dataset of each task (default: "<task> dataset")."""
+
+
 def unknown_dataset(name: str, task: str, *, candidates=(), reason: str = "") -> DatasetError:
     """The :class:`DatasetError` for ``--dataset name``: ``candidates`` are further names to
     suggest from (e.g. the TFDS names); ``reason`` says why the name is none of the known ones."""
@@ -46,7 +50,7 @@ def unknown_dataset(name: str, task: str, *, candidates=(), reason: str = "") ->
     close = difflib.get_close_matches(name, dict.fromkeys((*names, *candidates)), n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     listed = "; ".join(f"{key} ({what})" for key, what in known.items())
-    label = "dataset" if task == "classification" else f"{task} dataset"
+    label = DATASET_LABEL.get(task, f"{task} dataset")
     reason = reason or "not a known dataset name and not an existing folder"
     return DatasetError(
         f"Unknown {label} {name!r}: {reason}.{hint} Known for --task {task}: {listed}. "

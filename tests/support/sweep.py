@@ -2,7 +2,7 @@
 
 Each variant is built at a small static size with weights of the same
 character as the official reference checkpoints
-(:func:`quantization.synthetic.official_like_weights`: the official
+(:func:`support.weights.official_like_weights`: the official
 initialisation, BatchNorm statistics measured on real photos), exported with
 ``quant`` (calibration on real photo crops), and all files are then loaded,
 allocated and invoked by ONE child process
@@ -35,6 +35,9 @@ from typing import Optional
 
 import numpy as np
 
+from .photos import photo_crops
+from .weights import official_like_weights, op_determinism, weights_digest
+
 CALIBRATIONS = ("photos", "zeros", "tiny")
 
 
@@ -52,17 +55,14 @@ def calibration_images(kind: str, photos: np.ndarray) -> np.ndarray:
 def batchnorm_photos(image_size: int, seed: int = 0) -> np.ndarray:
     """The photo crops every variant's BatchNorm statistics are measured on (16
     crops drawn with another seed than the sweep's calibration / evaluation crops)."""
-    from quantization.synthetic import photo_crops
-
     return photo_crops(16, image_size, seed=seed + 1000)
 
 
 def build_variant(name: str, image_size: int, num_classes: int = 1000, seed: int = 0):
     """``name`` at ``image_size`` with official-like weights
-    (:func:`quantization.synthetic.official_like_weights`, BatchNorm statistics on
+    (:func:`support.weights.official_like_weights`, BatchNorm statistics on
     :func:`batchnorm_photos`): the same weights for the same arguments in every process."""
     import mvit3_keras as m
-    from quantization.synthetic import official_like_weights
 
     # Every Keras initial value is overwritten: no global RNG state is read or set.
     model = m.create_model(name, input_shape=(image_size, image_size, 3), num_classes=num_classes)
@@ -80,7 +80,6 @@ def _export_one(name, path, calib, held_out, *, build, quant, target, calibratio
     import keras
 
     from quantization.export import export_tflite
-    from quantization.synthetic import op_determinism, weights_digest
 
     start = time.time()
     model = build(name)
@@ -98,10 +97,10 @@ def _export_one(name, path, calib, held_out, *, build, quant, target, calibratio
     row = {
         "model": name,
         "calibration": calibration,
-        "size_bytes": report["size_bytes"],
-        "num_ops": report["num_ops"],
+        "size_bytes": report.file.size_bytes,
+        "num_ops": report.file.num_ops,
         "export_seconds": round(time.time() - start, 1),
-        "op_histogram": report["op_histogram"],
+        "op_histogram": report.file.op_histogram,
         "weights_crc32": weights_digest(model),
         "tflite_crc32": _file_crc(path),
     }
@@ -147,7 +146,6 @@ def int8_variant_sweep(
 ) -> list:
     """One row per name (see the module docstring). ``build(name) -> keras.Model``
     replaces :func:`build_variant` (e.g. to load a checkpoint)."""
-    from quantization.synthetic import photo_crops
     from quantization.verify import verify_in_subprocess
 
     if build is None:

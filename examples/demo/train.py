@@ -1,30 +1,28 @@
-"""Steps this package adds to the README demo (``mvit3 demo``), registered with
-``mvit3_keras.demo.demo_step``.
+"""Demo step 2, training on real data: MobileViTv3-XXS on the bundled digits (CPU).
 
-``train on real data``: trains MobileViTv3-XXS from scratch on the bundled real
-digits (scikit-learn's 8x8 handwritten digit scans, upsampled to 32x32) with the
-``demo`` recipe (AdamW, warmup + cosine, EMA with timm's warm-up, label smoothing,
-random resized crops) on the CPU, then evaluates the saved model (``final.keras``: the
-EMA weights) on the 359 held-out images. Measured on
-the 2-core CPU of the development machine: 30 epochs in about 6 minutes, 98-99 %
+Trains MobileViTv3-XXS from scratch on the bundled real digits (scikit-learn's
+8x8 handwritten digit scans, upsampled to 32x32, :mod:`training.datasets.demo`)
+with the ``demo`` recipe (AdamW, warmup + cosine, EMA with timm's warm-up, label
+smoothing, random resized crops) on the CPU, then evaluates the saved model
+(``final.keras``: the EMA weights) on the 359 held-out images. Measured on the
+2-core CPU of the development machine: 30 epochs in about 6 minutes, 98-99 %
 validation top-1 (``--quick``: 8 epochs, about 2 minutes, ~90 %). The result dict
-gives later steps (int8 export, LiteRT evaluation) the saved ``.keras`` model and
-how to rebuild its evaluation data.
+gives the int8 step (:mod:`mvit3_examples.demo.quantize`) the saved ``.keras``
+model and how to rebuild its evaluation data.
 """
 
 from __future__ import annotations
 
 import os
 
-from mvit3_keras.demo import demo_step
-
+TRAIN_TITLE = "train on real data: MobileViTv3-XXS on the bundled digits (CPU)"
 DEMO_MODEL = "mobilevitv3_xxs"
 DEMO_IMAGE_SIZE = 32
 
 
 def demo_eval_arrays(image_size: int = DEMO_IMAGE_SIZE, split: str = "validation"):
     """``(images float32 [N, S, S, 3] in [0, 1] RGB, labels int [N])`` exactly as the
-    training pipeline evaluates them (shared with the quantization demo)."""
+    training pipeline evaluates them (shared with the int8 step)."""
     import numpy as np
 
     from training import augment, recipes
@@ -41,7 +39,6 @@ def demo_eval_arrays(image_size: int = DEMO_IMAGE_SIZE, split: str = "validation
     return np.concatenate(images).astype(np.float32), np.concatenate(labels)
 
 
-@demo_step("train on real data: MobileViTv3-XXS on the bundled digits (CPU)")
 def step_train(context: dict) -> dict:
     import keras
     import numpy as np
@@ -72,7 +69,7 @@ def step_train(context: dict) -> dict:
         "dataset": "demo",
         "image_size": DEMO_IMAGE_SIZE,
         "eval_split": "validation",
-        "eval_arrays": "training.demo_steps.demo_eval_arrays",
+        "eval_arrays": "mvit3_examples.demo.train.demo_eval_arrays",
         "calibration_split": "train",
         "val_top1": accuracy,
         "epochs": summary["epochs_run"],

@@ -1,14 +1,12 @@
-"""Real images and realistic random weights for checks that must not download anything.
+"""Realistic random weights for checks that must not download anything.
 
-* :func:`photo_crops`: random crops / flips of scikit-learn's two sample photos
-  (real RGB images that ship with the package), resized to ``size``.
 * :func:`official_like_weights`: weights of the same character as the official
   reference checkpoints, for ANY registered variant, bit-reproducibly:
 
   1. every convolution / linear layer drawn the way the official code initialises
      it (:func:`official_init`), then randomised like the reference checkpoints
      (weight += 0.1 std(weight) N(0, 1), bias += 0.02 N(0, 1), norm gamma / beta
-     += 0.1 N(0, 1); reference NOTES section 7);
+     += 0.1 N(0, 1); ``docs/semantics.md`` section 7);
   2. every BatchNorm's running statistics measured in ONE forward pass with only
      the BatchNorms in training mode (dropout off), as the reference checkpoints
      were calibrated (:func:`calibrate_batchnorm`), on real photo crops with
@@ -63,27 +61,6 @@ import contextlib
 import zlib
 
 import numpy as np
-
-
-def photo_crops(num: int, size: int, *, seed: int = 0) -> np.ndarray:
-    """``num`` float32 crops ``[num, size, size, 3]`` in [0, 1] of the sample photos."""
-    import tensorflow as tf
-    from sklearn.datasets import load_sample_images
-
-    photos = [np.asarray(p, dtype=np.float32) / 255.0 for p in load_sample_images().images]
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(num):
-        photo = photos[i % len(photos)]
-        h, w = photo.shape[:2]
-        side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
-        top = int(rng.integers(0, h - side + 1))
-        left = int(rng.integers(0, w - side + 1))
-        crop = tf.image.resize(photo[top : top + side, left : left + side], (size, size)).numpy()
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out.append(crop)
-    return np.clip(np.stack(out), 0.0, 1.0).astype(np.float32)
 
 
 def weight_rng(seed: int, *parts: str) -> np.random.Generator:
@@ -149,7 +126,7 @@ def _layer_init(layer, family: str, rng: np.random.Generator) -> dict:
 def official_init(model, family: str, *, seed: int = 0, name: str = ""):
     """Draw every kernel / bias / norm parameter of ``model`` as the official code
     initialises it, then randomise them as the reference checkpoints were
-    (NOTES section 7: weight += 0.1 std(weight) N(0, 1), bias += 0.02 N(0, 1),
+    (``docs/semantics.md`` section 7: weight += 0.1 std(weight) N(0, 1), bias += 0.02 N(0, 1),
     gamma and beta += 0.1 N(0, 1)). ``family``: ``"v1"`` or ``"v2"`` (the code tree,
     :attr:`mvit3_keras.specs.ModelSpec.family`). BatchNorm statistics are left for
     :func:`calibrate_batchnorm`."""
@@ -217,7 +194,7 @@ def calibrate_batchnorm(model, images: np.ndarray):
 
 
 def perturb_batchnorm_statistics(model, *, seed: int = 0, name: str = ""):
-    """The reference checkpoints' last step (NOTES section 7): ``running_var *=
+    """The reference checkpoints' last step (``docs/semantics.md`` section 7): ``running_var *=
     U(0.5, 1.5)``, ``running_mean += 0.1 N(0, 1) std``, with gamma / beta
     compensated so that every BatchNorm computes the same function as before."""
     import keras
@@ -243,7 +220,7 @@ def perturb_batchnorm_statistics(model, *, seed: int = 0, name: str = ""):
 def batchnorm_calibration_batch(images: np.ndarray, *, seed: int = 0) -> np.ndarray:
     """``images`` + U(-0.5, 0.5) pixel noise, clipped to [0, 1]: the kind of batch
     the reference checkpoints' BatchNorm statistics were measured on (U(0, 1)
-    noise over a smooth pattern, NOTES section 7), with real photos as the pattern."""
+    noise over a smooth pattern, ``docs/semantics.md`` section 7), with real photos as the pattern."""
     images = np.asarray(images, np.float32)
     noise = weight_rng(seed, "batchnorm calibration").random(images.shape, dtype=np.float32)
     return np.clip(images + noise - 0.5, 0.0, 1.0)

@@ -1,45 +1,28 @@
-"""The README's main job: an end-to-end run on real data that ships with the packages.
+"""Demo step 1, the model zoo: official checkpoint -> Keras, checked against the official outputs.
 
-Steps (each prints what it did and writes into the output folder):
-
-1. ``model zoo``: convert the official reference checkpoint of MobileViTv3-XXS
-   (shipped with the repository), save it as ``.keras``, reload it and check
-   parameter / MAC counts and logits against the official PyTorch code.
-
-Later steps (training on the bundled real dataset, int8 export, evaluation in
-LiteRT) are appended to :data:`DEMO_STEPS` by the ``training`` and
-``quantization`` packages.
+The reference checkpoint of MobileViTv3-XXS (seeded weights made by the
+official PyTorch code, ``cvnets/models/classification/mobilevit.py`` with the
+MobileViTv3 overlay, shipped in ``mvit3_keras/reference_data``) is converted to
+``.keras``, reloaded, and its parameter / MAC counts and logits are compared
+with the official ones.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import time
 
 import numpy as np
 
-DEMO_STEPS: list = []
-
-
-def demo_step(title: str):
-    def register(fn):
-        DEMO_STEPS.append((title, fn))
-        return fn
-
-    return register
-
-
+MODEL_ZOO_TITLE = "model zoo: official checkpoint -> Keras, checked against the official outputs"
 REFERENCE_STEM = "cls_xx_small_v3"  # MobileViTv3-XXS in the official reference data
 
 
-@demo_step("model zoo: official checkpoint -> Keras, checked against the official outputs")
 def step_model_zoo(context: dict) -> dict:
     """Convert the official-layout reference checkpoint and check it against the authors' code.
 
     The reference checkpoint holds seeded weights made by the official PyTorch
     code, with the official model's logits for three inputs; it ships with the
-    repository (``tests/data/reference``). Everything printed is checkable:
+    package (``mvit3_keras/reference_data``). Everything printed is checkable:
     parameter and MAC counts against the official profiler, and the logits of the
     reloaded ``.keras`` model against the official ones (the parity rule: max
     |diff| <= 2e-4 x std of the official logits). Its weights are random, so no
@@ -103,30 +86,3 @@ def _official_parity(model, data) -> list:
     if any(r["max_abs_diff"] > r["bar"] for r in rows):
         raise RuntimeError("the converted model does not reproduce the official outputs")
     return rows
-
-
-DEMO_STEP_MODULES = ("training.demo_steps", "quantization.demo_steps")
-
-
-def run_demo(output_dir: str, *, quick: bool = False) -> dict:
-    import importlib
-
-    from mvit3_keras.io_utils import atomic_write_text
-
-    for module in DEMO_STEP_MODULES:  # registers their steps, in this order
-        importlib.import_module(module)
-
-    os.makedirs(output_dir, exist_ok=True)
-    context = {"output": output_dir, "quick": quick, "results": {}}
-    for i, (title, fn) in enumerate(DEMO_STEPS, start=1):
-        print(f"[{i}/{len(DEMO_STEPS)}] {title}")
-        start = time.time()
-        result = fn(context)
-        result["seconds"] = round(time.time() - start, 1)
-        context["results"][title] = result
-    atomic_write_text(
-        os.path.join(output_dir, "demo_summary.json"),
-        json.dumps(context["results"], indent=2, default=str),
-    )
-    print(f"demo summary: {os.path.join(output_dir, 'demo_summary.json')}")
-    return context["results"]

@@ -1,0 +1,453 @@
+"""Quantization-aware twins of the layers the MobileViT models use.
+
+They live in ``mvit3_keras`` (not in the ``quantization`` package that builds QAT
+models) so that a saved QAT model loads after ``import mvit3_keras``. Each layer
+computes what its float counterpart computes, with fake quantization exactly where
+the TFLite int8 graph of that layer has a quantized tensor (output of every
+kernel; weights per channel), so the converted int8 model reproduces the QAT
+model's numerics (Jacob et al., "Quantization and Training of Neural Networks for
+Efficient Integer-Arithmetic-Only Inference", CVPR 2018):
+
+* :class:`QuantConv` - ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with the
+  following ``BatchNormalization`` folded in (frozen statistics) -> one
+  ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` / ``FULLY_CONNECTED`` with int32 bias;
+* :class:`QuantActivation` - swish as ``LOGISTIC`` (fixed range) + ``MUL``;
+  ReLU / linear;
+* :class:`QuantizeWrapper` - output quantization for ``Add``, ``Concatenate``,
+  ``Multiply``, pooling;
+* :class:`QuantNormalization`, :class:`QuantMultiHeadSelfAttention`,
+  :class:`QuantLinearSelfAttention` - subclasses of the float layers
+  (:class:`~mvit3_keras.layers.NormalizationExport`,
+  :class:`~mvit3_keras.layers.MultiHeadSelfAttention`,
+  :class:`~mvit3_keras.layers.LinearSelfAttention`) that override only
+  ``quantize_point`` (softmax / logistic outputs at the fixed int8 range).
+
+Data-movement layers (padding, reshape, unfold / fold, resize, slicing) keep
+their input's quantization, as the TFLite kernels do, and need no twin.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAttention
+from mvit3_keras.layers.fake_quant import (
+    UNIT_INTERVAL_RANGE,
+    ActivationQuantizer,
+    fake_quant,
+    quantize_constant,
+    quantize_weights_per_channel,
+)
+from mvit3_keras.layers.normalization import NormalizationExport
+
+_CONV_CLASSES = {
+    "Conv2D": keras.layers.Conv2D,
+    "DepthwiseConv2D": keras.layers.DepthwiseConv2D,
+    "Dense": keras.layers.Dense,
+}
+
+
+def require_float32_policy(layer) -> None:
+    """Quantization-aware layers compute in float32: the int8 file's ranges and rounding
+    are those of float32 values, which a float16 compute dtype would not reproduce."""
+    compute = layer.dtype_policy.compute_dtype
+    if compute != "float32":
+        raise ValueError(
+            f"{type(layer).__name__} {layer.name!r}: quantization-aware layers compute in "
+            f"float32, but its dtype policy is {layer.dtype_policy.name!r} (compute "
+            f"{compute}); build the QAT model under the float32 policy "
+            "(keras.config.set_dtype_policy('float32') before quantization.quantize_model)"
+        )
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantConv(keras.layers.Layer):
+    """A convolution / dense layer (+ folded BatchNorm) with int8 fake quantization.
+
+    ``layer_class`` / ``layer_config``: the float layer it replaces (its weights
+    live in ``self.inner``); ``batch_norm``: config of the folded
+    ``BatchNormalization`` (weights in ``self.batch_norm``) or ``None``.
+    Folding: ``w' = w * gamma / sqrt(var + eps)`` per output channel,
+    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``; ``w'`` is fake-quantized
+    per output channel, the output per tensor.
+    """
+
+    def __init__(
+        self,
+        layer_class: str,
+        layer_config: dict,
+        batch_norm=None,
+        ema_decay: float = 0.999,
+        per_channel: bool = True,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if layer_class not in _CONV_CLASSES:
+            raise ValueError(f"QuantConv wraps {sorted(_CONV_CLASSES)}, got {layer_class!r}")
+        self.layer_class = layer_class
+        self.layer_config = dict(layer_config)
+        self.batch_norm_config = None if batch_norm is None else dict(batch_norm)
+        self.ema_decay = float(ema_decay)
+        self.per_channel = bool(per_channel)
+
+    def build(self, input_shape):
+        require_float32_policy(self)
+        cfg = dict(self.layer_config, name="inner")
+        self.inner = _CONV_CLASSES[self.layer_class].from_config(cfg)
+        self.inner.build(input_shape)
+        out_shape = self.inner.compute_output_shape(input_shape)
+        self.batch_norm = None
+        if self.batch_norm_config is not None:
+            self.batch_norm = keras.layers.BatchNormalization.from_config(
+                dict(self.batch_norm_config, name="batch_norm")
+            )
+            self.batch_norm.build(out_shape)
+        self.output_quantizer = ActivationQuantizer(self.ema_decay, name="output_quantizer")
+        self.output_quantizer.build(out_shape)
+        self.built = True
+
+    def folded_weights(self):
+        """``(kernel, bias or None)`` with the BatchNorm folded in (float)."""
+        kernel = self.inner.kernel
+        bias = self.inner.bias if getattr(self.inner, "use_bias", False) else None
+        bn = self.batch_norm
+        if bn is None:
+            return kernel, bias
+        scale = ops.rsqrt(bn.moving_variance + bn.epsilon)
+        if bn.scale:
+            scale = scale * bn.gamma
+        shift = -bn.moving_mean * scale
+        if bn.center:
+            shift = shift + bn.beta
+        if bias is not None:
+            shift = shift + bias * scale
+        if self.layer_class == "DepthwiseConv2D":
+            kh, kw, cin, mult = kernel.shape
+            kernel = kernel * ops.reshape(scale, (cin, mult))
+        else:
+            kernel = kernel * scale
+        return kernel, shift
+
+    def quantized_kernel(self, kernel):
+        if self.layer_class == "Dense":
+            cin, cout = kernel.shape
+            flat = ops.reshape(kernel, (1, 1, cin, cout))
+            return ops.reshape(quantize_weights_per_channel(flat, self.per_channel), kernel.shape)
+        if self.layer_class == "DepthwiseConv2D":
+            kh, kw, cin, mult = kernel.shape
+            flat = ops.reshape(kernel, (kh, kw, 1, cin * mult))  # output channels last
+            return ops.reshape(quantize_weights_per_channel(flat, self.per_channel), kernel.shape)
+        return quantize_weights_per_channel(kernel, self.per_channel)
+
+    def baked_weights(self):
+        """Folded kernel and bias as NumPy constants, with the per-channel
+        symmetric ranges as constants (export graph: one FakeQuant per weight)."""
+        import numpy as np
+        import tensorflow as tf
+
+        with tf.init_scope():
+            kernel, bias = self.folded_weights()
+            kernel = np.asarray(kernel, dtype=np.float32)
+            bias = None if bias is None else np.asarray(bias, dtype=np.float32)
+        if self.layer_class == "Dense":
+            flat = kernel.reshape(1, 1, *kernel.shape)
+        elif self.layer_class == "DepthwiseConv2D":
+            kh, kw, cin, mult = kernel.shape
+            flat = kernel.reshape(kh, kw, 1, cin * mult)
+        else:
+            flat = kernel
+        axes = tuple(range(flat.ndim - 1)) if self.per_channel else None
+        bound = np.maximum(np.abs(flat).max(axis=axes), 1e-8).astype(np.float32)
+        q = fake_quant(
+            ops.convert_to_tensor(flat),
+            -bound,
+            bound,
+            narrow_range=True,
+            axis=-1 if self.per_channel else None,
+        )
+        return ops.reshape(q, kernel.shape), bias
+
+    def call(self, x, training=None):
+        if getattr(self, "bake", False) and not training:
+            kernel, bias = self.baked_weights()
+        else:
+            kernel, bias = self.folded_weights()
+            kernel = self.quantized_kernel(kernel)
+        inner = self.inner
+        if self.layer_class == "Dense":
+            y = self._dense_as_conv(x, kernel)
+        elif self.layer_class == "Conv2D":
+            y = ops.conv(
+                x,
+                kernel,
+                strides=inner.strides,
+                padding=inner.padding,
+                data_format=inner.data_format,
+                dilation_rate=inner.dilation_rate,
+            )
+        else:
+            y = ops.depthwise_conv(
+                x,
+                kernel,
+                strides=inner.strides,
+                padding=inner.padding,
+                data_format=inner.data_format,
+                dilation_rate=inner.dilation_rate,
+            )
+        if bias is not None:
+            y = y + bias
+        if inner.activation is not None:
+            y = inner.activation(y)
+        return self.output_quantizer(y, training=training)
+
+    @staticmethod
+    def _dense_as_conv(x, kernel):
+        """``x @ kernel`` as a 1x1 convolution: TFLite's FULLY_CONNECTED takes its
+        weights as ``[out, in]``, and the converter cannot transpose a
+        per-channel fake-quantized ``[in, out]`` kernel; CONV_2D keeps one scale
+        per output channel."""
+        cin, cout = kernel.shape
+        kernel = ops.reshape(kernel, (1, 1, cin, cout))
+        shape = x.shape
+        if len(shape) == 4:
+            return ops.conv(x, kernel, padding="valid")
+        middle = 1
+        for d in shape[1:-1]:
+            middle *= int(d)
+        y = ops.conv(ops.reshape(x, (-1, 1, middle, cin)), kernel, padding="valid")
+        return ops.reshape(y, (-1, *shape[1:-1], cout))
+
+    def compute_output_shape(self, input_shape):
+        cfg = dict(self.layer_config)
+        return _CONV_CLASSES[self.layer_class].from_config(cfg).compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            layer_class=self.layer_class,
+            layer_config=self.layer_config,
+            batch_norm=self.batch_norm_config,
+            ema_decay=self.ema_decay,
+            per_channel=self.per_channel,
+        )
+        return config
+
+
+_ACTIVATIONS = ("swish", "silu", "relu", "relu6", "linear", "sigmoid")
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantActivation(keras.layers.Layer):
+    """``Activation`` with int8 fake quantization (swish = x * sigmoid(x))."""
+
+    def __init__(self, activation: str = "swish", ema_decay: float = 0.999, **kwargs):
+        super().__init__(**kwargs)
+        if activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"QAT supports activations {_ACTIVATIONS}, got {activation!r}; annotate the "
+                "layer with quantization.quantize_annotate_layer to keep it in float"
+            )
+        self.activation = activation
+        self.ema_decay = float(ema_decay)
+
+    def build(self, input_shape):
+        require_float32_policy(self)
+        if self.activation in ("swish", "silu", "sigmoid"):
+            self.sigmoid_quantizer = ActivationQuantizer(
+                fixed_range=UNIT_INTERVAL_RANGE, name="sigmoid_quantizer"
+            )
+        if self.activation != "sigmoid":
+            self.output_quantizer = ActivationQuantizer(self.ema_decay, name="output_quantizer")
+            self.output_quantizer.build(input_shape)
+        self.built = True
+
+    def call(self, x, training=None):
+        if self.activation == "sigmoid":
+            return self.sigmoid_quantizer(ops.sigmoid(x))
+        if self.activation in ("swish", "silu"):
+            y = x * self.sigmoid_quantizer(ops.sigmoid(x))
+        elif self.activation == "relu":
+            y = ops.relu(x)
+        elif self.activation == "relu6":
+            y = ops.relu6(x)
+        else:
+            y = x
+        return self.output_quantizer(y, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(activation=self.activation, ema_decay=self.ema_decay)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantizeWrapper(keras.layers.Wrapper):
+    """Runs ``layer`` (no weights to quantize) and fake-quantizes its output."""
+
+    def __init__(self, layer, ema_decay: float = 0.999, **kwargs):
+        super().__init__(layer, **kwargs)
+        self.ema_decay = float(ema_decay)
+
+    def build(self, input_shape=None):
+        require_float32_policy(self)
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        self.output_quantizer = ActivationQuantizer(self.ema_decay, name="output_quantizer")
+        self.output_quantizer.build(None)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return self.output_quantizer(self.layer(inputs), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["ema_decay"] = self.ema_decay
+        return config
+
+
+def _built_quantizer(name: str, ema_decay: float = 0.999, fixed_range=None):
+    quantizer = ActivationQuantizer(ema_decay, fixed_range=fixed_range, name=name)
+    quantizer.build(None)
+    return quantizer
+
+
+class _QuantizedTwin:
+    """Config shared by the twins: ``ema_decay`` and the switch (``FLOAT_SWITCH``)
+    that leaves the layer's inner computation in float (``QuantizeConfig.keep_float``)."""
+
+    FLOAT_SWITCH = "float_core"
+
+    def _init_twin(self, ema_decay: float, keep_float: bool):
+        self.ema_decay = float(ema_decay)
+        setattr(self, self.FLOAT_SWITCH, bool(keep_float))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(ema_decay=self.ema_decay)
+        config[self.FLOAT_SWITCH] = getattr(self, self.FLOAT_SWITCH)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantNormalization(_QuantizedTwin, NormalizationExport):
+    """:class:`NormalizationExport` with every intermediate tensor quantized and gamma /
+    beta as quantized constants (``float_statistics``: ``ADD(eps) + RSQRT`` in float).
+    One MEAN over all ``axes`` by default (``stepwise_statistics=False``)."""
+
+    FLOAT_SWITCH = "float_statistics"
+    _STEPS = (
+        "mean",
+        "centered",
+        "squared",
+        "variance",
+        "variance_eps",
+        "rsqrt",
+        "normalized",
+        "scaled",
+        "output",
+    )
+
+    def __init__(
+        self,
+        ema_decay: float = 0.999,
+        float_statistics: bool = False,
+        stepwise_statistics: bool = False,
+        **kwargs,
+    ):
+        super().__init__(stepwise_statistics=stepwise_statistics, **kwargs)
+        self._init_twin(ema_decay, float_statistics)
+
+    def build(self, input_shape):
+        require_float32_policy(self)
+        super().build(input_shape)
+        unused = set()
+        if self.float_statistics:
+            unused |= {"variance_eps", "rsqrt"}
+        if not self.scale:
+            unused.add("scaled")
+        if not self.center:
+            unused.add("output")
+        self.quantizers = {
+            step: _built_quantizer(f"{step}_quantizer", self.ema_decay)
+            for step in self._STEPS
+            if step not in unused
+        }
+
+    def quantize_point(self, name, x, training=None):
+        quantizer = self.quantizers.get(name)
+        return x if quantizer is None else quantizer(x, training=training)
+
+    def affine_constant(self, weight, training=None):
+        return quantize_constant(weight, bake=getattr(self, "bake", False) and not training)
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantMultiHeadSelfAttention(_QuantizedTwin, MultiHeadSelfAttention):
+    """v1-family attention core with quantized q-scaling, scores, softmax, output
+    (``float_core``: only the output is quantized; matmuls and softmax run in float)."""
+
+    def __init__(self, ema_decay: float = 0.999, float_core: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self._init_twin(ema_decay, float_core)
+
+    def build(self, input_shape):
+        require_float32_policy(self)
+        super().build(input_shape)
+        self.output_quantizer = _built_quantizer("output_quantizer", self.ema_decay)
+        self.query_quantizer = self.scores_quantizer = self.softmax_quantizer = None
+        if not self.float_core:
+            self.query_quantizer = _built_quantizer("query_quantizer", self.ema_decay)
+            self.scores_quantizer = _built_quantizer("scores_quantizer", self.ema_decay)
+            self.softmax_quantizer = ActivationQuantizer(
+                fixed_range=UNIT_INTERVAL_RANGE, name="softmax_quantizer"
+            )
+
+    def quantize_point(self, name, x, training=None):
+        quantizer = getattr(self, f"{name}_quantizer", None)
+        return x if quantizer is None else quantizer(x, training=training)
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantLinearSelfAttention(_QuantizedTwin, LinearSelfAttention):
+    """v2-family separable attention with every product / sum quantized
+    (``float_core``: softmax and the weighted sum over patches run in float)."""
+
+    def __init__(self, ema_decay: float = 0.999, float_core: bool = False, **kwargs):
+        super().__init__(**kwargs)
+        self._init_twin(ema_decay, float_core)
+
+    def build(self, input_shape):
+        require_float32_policy(self)
+        super().build(input_shape)
+        self.softmax_quantizer = ActivationQuantizer(
+            fixed_range=UNIT_INTERVAL_RANGE, name="softmax_quantizer"
+        )
+        names = ("relu_values", "output")
+        if not self.float_core:
+            names = ("weighted_keys", "context", *names)
+        self.quantizers = {n: _built_quantizer(f"{n}_quantizer", self.ema_decay) for n in names}
+
+    def quantize_point(self, name, x, training=None):
+        if name == "softmax":
+            return x if self.float_core else self.softmax_quantizer(x)
+        quantizer = self.quantizers.get(name)
+        return x if quantizer is None else quantizer(x, training=training)
+
+
+QAT_LAYER_CLASSES = (
+    ActivationQuantizer,
+    QuantConv,
+    QuantActivation,
+    QuantizeWrapper,
+    QuantNormalization,
+    QuantMultiHeadSelfAttention,
+    QuantLinearSelfAttention,
+)
+"""Every layer class a quantization-aware model adds (``quantization.quantize_model``)."""

@@ -1,0 +1,533 @@
+"""TFLite Model Metadata (``quantization.metadata``): the writer and reader, the errors,
+and MediaPipe Tasks (the app runtime that reads the metadata) running the exported
+classifier, segmenter and detector on real photos, compared with the Keras model."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from support.photos import photo_crops, sample_images
+
+import mvit3_keras as m
+from quantization import export_tflite
+from quantization import metadata_schema as schema_md
+from quantization.inspection import read_model, schema
+from quantization.metadata import (
+    LABELS_FILE,
+    MetadataError,
+    MetadataSpec,
+    add_metadata,
+    read_associated_files,
+    read_labels,
+    read_metadata,
+)
+
+# -- hand-built flatbuffers (no converter): what the writer reads -------------------------
+
+
+def _tensor(shape, *, dtype="FLOAT32", signature=None, quant=None):
+    s = schema()
+    tensor = s.TensorT()
+    tensor.shape = list(shape)
+    tensor.shapeSignature = list(signature) if signature is not None else None
+    tensor.type = getattr(s.TensorType, dtype)
+    tensor.name = b"t"
+    tensor.buffer = 0
+    if quant is not None:
+        tensor.quantization = s.QuantizationParametersT()
+        tensor.quantization.scale, tensor.quantization.zeroPoint = [quant[0]], [quant[1]]
+    return tensor
+
+
+def _flatbuffer(tensors, inputs, outputs, detection_classes=None) -> bytes:
+    """A one-subgraph model; with ``detection_classes``, one TFLite_Detection_PostProcess
+    op from tensor 0 to tensors 1..4 (boxes, classes, scores, count)."""
+    import flatbuffers
+    from flatbuffers import flexbuffers
+
+    s = schema()
+    model = s.ModelT()
+    model.version = 3
+    model.buffers = [s.BufferT()]
+    subgraph = s.SubGraphT()
+    subgraph.tensors, subgraph.inputs, subgraph.outputs = list(tensors), inputs, outputs
+    subgraph.operators = []
+    model.operatorCodes = []
+    if detection_classes is not None:
+        code = s.OperatorCodeT()
+        code.builtinCode = code.deprecatedBuiltinCode = s.BuiltinOperator.CUSTOM
+        code.customCode = "TFLite_Detection_PostProcess"
+        model.operatorCodes = [code]
+        op = s.OperatorT()
+        op.opcodeIndex, op.inputs, op.outputs = 0, [0], [1, 2, 3, 4]
+        op.customOptions = list(flexbuffers.Dumps({"num_classes": detection_classes}))
+        subgraph.operators = [op]
+    model.subgraphs = [subgraph]
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _classifier_file(num_classes=3, **input_kwargs) -> bytes:
+    image = _tensor((1, 32, 32, 3), **input_kwargs)
+    return _flatbuffer([image, _tensor((1, num_classes))], [0], [1])
+
+
+def _detector_file(num_classes=3, outputs=(3, 1, 4, 2)) -> bytes:
+    tensors = [_tensor((1, 64, 64, 3)), _tensor((1, 10, 4)), _tensor((1, 10))]
+    tensors += [_tensor((1, 10)), _tensor((1,))]
+    return _flatbuffer(tensors, [0], list(outputs), detection_classes=num_classes)
+
+
+def _subgraph(data) -> dict:
+    return read_metadata(data)["subgraph_metadata"][0]
+
+
+# -- unit tests ---------------------------------------------------------------------------
+
+
+def test_classification_metadata_round_trip_and_mediapipe_schema():
+    spec = MetadataSpec(
+        "classification",
+        labels=("cat", "dog", "bird"),
+        name="mobilevitv3_xxs",
+        description="test classifier",
+        version="1.2",
+        author="mvit3-keras",
+        license="Apache-2.0",
+    )
+    data = add_metadata(_classifier_file(), spec)
+    metadata = read_metadata(data)
+    assert {k: metadata[k] for k in ("name", "description", "version", "author", "license")} == {
+        "name": "mobilevitv3_xxs",
+        "description": "test classifier",
+        "version": "1.2",
+        "author": "mvit3-keras",
+        "license": "Apache-2.0",
+    }
+    assert metadata["min_parser_version"] == "1.0.0"
+    image = metadata["subgraph_metadata"][0]["input_tensor_metadata"][0]
+    assert image["content"]["content_properties"] == ("ImageProperties", {"color_space": "RGB"})
+    assert image["process_units"] == [
+        {"options": ("NormalizationOptions", {"mean": [0.0], "std": [255.0]})}
+    ]
+    assert image["stats"] == {"max": [1.0], "min": [0.0]}
+    logits = metadata["subgraph_metadata"][0]["output_tensor_metadata"][0]
+    assert logits["associated_files"][0]["name"] == LABELS_FILE
+    assert logits["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
+    assert read_associated_files(data) == {LABELS_FILE: b"cat\ndog\nbird\n"}
+    # MediaPipe's own generated schema code reads the same fields.
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as mp_schema
+
+    model, _ = read_model(data)
+    entry = [e for e in model.metadata if e.name == b"TFLITE_METADATA"][0]
+    parsed = mp_schema.ModelMetadataT.InitFromPackedBuf(bytes(model.buffers[entry.buffer].data), 0)
+    tensor = parsed.subgraphMetadata[0].inputTensorMetadata[0]
+    assert parsed.minParserVersion == b"1.0.0" and list(tensor.processUnits[0].options.std) == [255]
+    assert parsed.subgraphMetadata[0].outputTensorMetadata[0].associatedFiles[0].type == 2
+
+
+def test_adding_metadata_twice_replaces_it():
+    spec = MetadataSpec("classification", labels=("a", "b", "c"))
+    once = add_metadata(_classifier_file(), spec)
+    twice = add_metadata(once, MetadataSpec("classification", labels=("x", "y", "z"), version="2"))
+    model, _ = read_model(twice)
+    assert [e.name for e in model.metadata].count(b"TFLITE_METADATA") == 1
+    assert read_metadata(twice)["version"] == "2"
+    assert read_associated_files(twice) == {LABELS_FILE: b"x\ny\nz\n"}
+
+
+@pytest.mark.parametrize(
+    "dtype, quant, stats",
+    [("UINT8", (1 / 255, 0), ([255.0], [0.0])), ("INT8", (1 / 255, -128), ([127.0], [-128.0]))],
+)
+def test_integer_input_describes_its_quantization(dtype, quant, stats):
+    data = add_metadata(_classifier_file(dtype=dtype, quant=quant), MetadataSpec("classification"))
+    image = _subgraph(data)["input_tensor_metadata"][0]
+    assert "process_units" not in image  # runtimes feed the integer pixels unchanged
+    assert (image["stats"]["max"], image["stats"]["min"]) == stats
+    assert "quantization" in image["description"]
+
+
+def test_integer_input_that_does_not_map_pixels_is_an_error():
+    with pytest.raises(MetadataError, match=r"maps pixels 0\.\.255 to"):
+        add_metadata(
+            _classifier_file(dtype="UINT8", quant=(2 / 255, 0)), MetadataSpec("classification")
+        )
+
+
+def test_segmentation_metadata_declares_softmax():
+    image = _tensor((1, 32, 32, 3))
+    data = _flatbuffer([image, _tensor((1, 32, 32, 4))], [0], [1])
+    labels = ("background", "disc", "square", "triangle")
+    out = add_metadata(data, MetadataSpec("segmentation", labels=labels))
+    metadata = read_metadata(out)
+    assert metadata["min_parser_version"] == "1.5.0"  # CustomMetadata: schema 1.5.0
+    custom = metadata["subgraph_metadata"][0]["custom_metadata"][0]
+    assert custom["name"] == "SEGMENTER_METADATA"
+    assert custom["options"] == {"activation": "SOFTMAX", "min_parser_version": "1.0.0"}
+    assert read_associated_files(out)[LABELS_FILE].decode().splitlines() == list(labels)
+
+
+def test_detection_outputs_named_in_model_output_order():
+    labels = ("background", "person", "car", "dog")  # background first: dropped
+    out = add_metadata(_detector_file(), MetadataSpec("detection", labels=labels))
+    tensors = _subgraph(out)["output_tensor_metadata"]
+    # model outputs (3, 1, 4, 2) = (scores, boxes, count, classes) of the op
+    assert [t["name"] for t in tensors] == ["score", "location", "number of detections", "category"]
+    box = tensors[1]["content"]["content_properties"]
+    assert box == (
+        "BoundingBoxProperties",
+        {"index": [1, 0, 3, 2], "type": "BOUNDARIES", "coordinate_type": "RATIO"},
+    )
+    assert tensors[3]["associated_files"][0]["type"] == "TENSOR_VALUE_LABELS"
+    assert read_associated_files(out) == {LABELS_FILE: b"person\ncar\ndog\n"}
+
+
+@pytest.mark.parametrize(
+    "data, spec, message",
+    [
+        (_classifier_file(3), MetadataSpec("classification", labels=("a", "b")), "2 labels"),
+        (_detector_file(3), MetadataSpec("detection", labels=("a", "b")), "2 labels"),
+        (
+            _classifier_file(3, signature=(-1, 32, 32, 3)),
+            MetadataSpec("classification"),
+            "dynamic shape",
+        ),
+        (
+            _flatbuffer([_tensor((2, 8, 8, 3)), _tensor((2, 3))], [0], [1]),
+            MetadataSpec("classification"),
+            "batch",
+        ),
+        (_classifier_file(3), MetadataSpec("detection"), "TFLite_Detection_PostProcess"),
+        (_classifier_file(3), MetadataSpec("segmentation"), r"\[1, H, W, classes\]"),
+    ],
+)
+def test_bad_input_is_a_clear_error(data, spec, message):
+    with pytest.raises(MetadataError, match=message):
+        add_metadata(data, spec)
+
+
+def test_bad_spec_is_a_clear_error():
+    with pytest.raises(MetadataError, match="unknown task 'pose'"):
+        MetadataSpec("pose")
+    with pytest.raises(MetadataError, match="label 1"):
+        MetadataSpec("classification", labels=("a", "b\nc"))
+    with pytest.raises(MetadataError, match="score_threshold"):
+        MetadataSpec("segmentation", score_threshold=0.5)
+    with pytest.raises(TypeError, match="MetadataSpec"):
+        add_metadata(_classifier_file(), {"task": "classification"})
+
+
+def test_read_labels(tmp_path):
+    good = tmp_path / "labels.txt"
+    good.write_text("café\nthé\n", encoding="utf-8")
+    assert read_labels(good) == ["café", "thé"]
+    blank = tmp_path / "blank.txt"
+    blank.write_text("a\n\nb\n", encoding="utf-8")
+    with pytest.raises(MetadataError, match="line 2 is blank"):
+        read_labels(blank)
+    spec = MetadataSpec("classification", labels=good)  # a path: read_labels
+    assert spec.labels == ("café", "thé")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("café\n".encode("latin-1"))
+    with pytest.raises(MetadataError, match="UTF-8"):
+        read_labels(latin)
+
+
+def test_schema_versions():
+    assert schema_md.min_parser_version({"name": "x"}) == "1.0.0"
+    files = {"associated_files": [{"name": "a", "version": "1"}]}
+    assert schema_md.min_parser_version(files) == "1.4.1"
+
+
+# -- MediaPipe Tasks, the real client -------------------------------------------------------
+# Weights: official-like seeded weights (support.weights.official_like_weights:
+# the official initialisation, BatchNorm statistics on real photos), with the last
+# layer (classifier fc, segmentation classifier conv) replaced by a seeded random
+# projection of its standardized inputs (measured on calibration crops), so that,
+# like a trained head, the top-1 differs across photos; a random head predicts one
+# class everywhere, which would make any agreement trivial. Test photos are crops
+# of scikit-learn's sample photos at the model's input size, distinct from the
+# calibration crops, fed as uint8 pixels to MediaPipe and as pixels / 255 to Keras.
+#
+# fp32 files: MediaPipe is compared with the Keras model. int8 / QAT files: the
+# int8 error of these random networks is the exporter's (int8 cosine ~0.95 on the
+# classifier, far lower on the random segmenter), not the metadata's, so MediaPipe
+# is compared exactly with LiteRT running the same file, and its agreement with
+# Keras is printed with a loose bound.
+
+IMAGE_SIZE = 96
+CLASS_LABELS = tuple(f"class_{i}" for i in range(10))
+SEGMENT_LABELS = ("background", "sky", "roof", "tree", "petal")
+DETECTION_SETTINGS = dict(score_threshold=0.02, max_detections=20, detections_per_class=20)
+
+
+def _pixels(num, size, seed=7):
+    """uint8 test photos and the same images as Keras input (pixels / 255)."""
+    assert sample_images()  # scikit-learn's photos are there
+    pixels = np.round(photo_crops(num, size, seed=seed) * 255.0).astype(np.uint8)
+    return pixels, pixels.astype(np.float32) / 255.0
+
+
+def _spread_logits(model, layer, images, seed=0):
+    features = keras.Model(model.inputs, layer.input).predict(images, verbose=0)
+    features = features.reshape(-1, features.shape[-1]).astype(np.float64)
+    mean, std = features.mean(0), features.std(0) + 1e-3
+    rng = np.random.default_rng(seed)
+    projection = rng.normal(size=(features.shape[1], layer.kernel.shape[-1]))
+    projection *= 3.0 / np.sqrt(features.shape[1])
+    layer.kernel.assign((projection / std[:, None]).reshape(layer.kernel.shape))
+    layer.bias.assign(-(mean / std) @ projection)
+
+
+def _official_like(model, name):
+    from support.sweep import batchnorm_photos
+    from support.weights import official_like_weights
+
+    family = m.get_spec("mobilevitv3_xxs").family
+    return official_like_weights(model, batchnorm_photos(IMAGE_SIZE), family=family, name=name)
+
+
+def _export_with_metadata(model, tmp_path, quant, spec, calibration, **kwargs):
+    path = tmp_path / f"{spec.task}_{quant}.tflite"
+    export_tflite(model, path, quant=quant, representative_data=calibration, **kwargs)
+    out = tmp_path / f"{spec.task}_{quant}_metadata.tflite"
+    out.write_bytes(add_metadata(path.read_bytes(), spec))
+    return out
+
+
+def litert_outputs(path, images) -> np.ndarray:
+    """The first output of ``path`` run by LiteRT, image by image."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(str(path))
+    interpreter.allocate_tensors()
+    source, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    outputs = []
+    for image in images:
+        interpreter.set_tensor(source["index"], image[None])
+        interpreter.invoke()
+        outputs.append(interpreter.get_tensor(output["index"])[0])
+    return np.stack(outputs)
+
+
+def _mp_image(pixels):
+    import mediapipe as mp
+
+    return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
+
+
+def _mp_base(path):
+    from mediapipe.tasks.python import BaseOptions
+
+    return BaseOptions(model_asset_path=str(path))
+
+
+def mediapipe_top1(path, pixels) -> list:
+    from mediapipe.tasks.python import vision
+
+    options = vision.ImageClassifierOptions(base_options=_mp_base(path), max_results=1)
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        results = [classifier.classify(_mp_image(p)).classifications[0] for p in pixels]
+    return [(r.categories[0].index, r.categories[0].category_name) for r in results]
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    model = m.create_model("mobilevitv3_xxs", num_classes=10, input_shape=(IMAGE_SIZE,) * 2 + (3,))
+    _official_like(model, "metadata classifier")
+    _spread_logits(model, model.get_layer("classifier.fc"), photo_crops(32, IMAGE_SIZE, seed=0))
+    return model
+
+
+def _top1_agreement(got, logits, what) -> float:
+    top1 = np.asarray(logits).argmax(-1)
+    expected = [(int(i), CLASS_LABELS[i]) for i in top1]
+    agreement = float(np.mean([a == b for a, b in zip(got, expected)]))
+    print(
+        f"MediaPipe ImageClassifier vs {what}: top-1 index and label agree on "
+        f"{agreement:.3f} of {len(got)} photos ({len(set(top1))} distinct top-1)"
+    )
+    assert len(set(top1)) >= 3  # the comparison means something
+    return agreement
+
+
+def test_mediapipe_image_classifier_fp32(classifier, tmp_path):
+    spec = MetadataSpec("classification", labels=CLASS_LABELS, name="mobilevitv3_xxs")
+    path = _export_with_metadata(classifier, tmp_path, "fp32", spec, None, verify=False)
+    pixels, images = _pixels(14, IMAGE_SIZE)
+    got = mediapipe_top1(path, pixels)
+    assert _top1_agreement(got, classifier.predict(images, verbose=0), "Keras, fp32") == 1.0
+
+
+@pytest.mark.slow
+def test_mediapipe_image_classifier_int8_and_qat(classifier, tmp_path):
+    from quantization import quantize_model
+    from quantization.qat import calibrate_ranges
+
+    calibration = photo_crops(64, IMAGE_SIZE, seed=0)
+    spec = MetadataSpec("classification", labels=CLASS_LABELS)
+    pixels, images = _pixels(14, IMAGE_SIZE)
+    qat = quantize_model(classifier)
+    calibrate_ranges(qat, calibration[:16])
+    for quant, model, data in (("int8", classifier, calibration), ("qat", qat, None)):
+        path = _export_with_metadata(model, tmp_path, quant, spec, data, verify=False)
+        got = mediapipe_top1(path, pixels)
+        assert _top1_agreement(got, litert_outputs(path, images), f"LiteRT, {quant}") == 1.0
+        assert _top1_agreement(got, model.predict(images, verbose=0), f"Keras, {quant}") >= 0.5
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    model = m.create_segmenter(
+        "mobilevitv3_xxs", num_classes=len(SEGMENT_LABELS), input_shape=(IMAGE_SIZE,) * 2 + (3,)
+    )
+    _official_like(model, "metadata segmenter")
+    layer = model.get_layer("seg_head.classifier.classifier.block.conv")
+    _spread_logits(model, layer, photo_crops(16, IMAGE_SIZE, seed=0))
+    return model
+
+
+def mediapipe_category_masks(path, pixels) -> np.ndarray:
+    from mediapipe.tasks.python import vision
+
+    options = vision.ImageSegmenterOptions(
+        base_options=_mp_base(path), output_category_mask=True, output_confidence_masks=False
+    )
+    with vision.ImageSegmenter.create_from_options(options) as segmenter:
+        masks = [
+            segmenter.segment(_mp_image(p)).category_mask.numpy_view()[..., 0].copy()
+            for p in pixels
+        ]
+    return np.stack(masks)
+
+
+def _mask_agreement(masks, logits, what) -> float:
+    expected = np.asarray(logits).argmax(-1)
+    agreement = float(np.mean(masks == expected))
+    print(
+        f"MediaPipe ImageSegmenter vs {what}: category mask = argmax on {agreement:.4f} of "
+        f"the pixels ({len(np.unique(expected))} classes present)"
+    )
+    assert len(np.unique(expected)) >= 3  # the comparison means something
+    return agreement
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("quant", ["fp32", "int8"])
+def test_mediapipe_image_segmenter(segmenter, quant, tmp_path):
+    calibration = photo_crops(32, IMAGE_SIZE, seed=0) if quant == "int8" else None
+    spec = MetadataSpec("segmentation", labels=SEGMENT_LABELS)
+    path = _export_with_metadata(segmenter, tmp_path, quant, spec, calibration, verify=False)
+    pixels, images = _pixels(6, IMAGE_SIZE)
+    masks = mediapipe_category_masks(path, pixels)
+    keras_agreement = _mask_agreement(
+        masks, segmenter.predict(images, verbose=0), f"Keras, {quant}"
+    )
+    if quant == "fp32":
+        assert keras_agreement >= 0.98
+    else:
+        assert _mask_agreement(masks, litert_outputs(path, images), "LiteRT, int8") >= 0.98
+
+
+def mediapipe_detections(path, pixels) -> list:
+    """Per image: ``(class name, box (xmin, ymin, xmax, ymax) in pixels)`` per detection."""
+    from mediapipe.tasks.python import vision
+
+    options = vision.ObjectDetectorOptions(base_options=_mp_base(path), max_results=20)
+    with vision.ObjectDetector.create_from_options(options) as detector:
+        results = [detector.detect(_mp_image(p)).detections for p in pixels]
+    out = []
+    for detections in results:
+        boxes = []
+        for d in detections:
+            box = d.bounding_box
+            corners = (
+                box.origin_x,
+                box.origin_y,
+                box.origin_x + box.width,
+                box.origin_y + box.height,
+            )
+            boxes.append((d.categories[0].category_name, np.asarray(corners, np.float64)))
+        out.append(boxes)
+    return out
+
+
+def litert_detections(path, images, labels, size) -> list:
+    """The same as :func:`mediapipe_detections` from LiteRT running ``path``."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(str(path)).get_signature_runner()
+    out = []
+    for image in images:
+        result = runner(image=image[None])
+        count = int(result["num_detections"][0])
+        boxes = result["detection_boxes"][0, :count][:, [1, 0, 3, 2]] * size
+        classes = result["detection_classes"][0, :count].astype(int)
+        out.append([(labels[c + 1], b) for c, b in zip(classes, boxes)])
+    return out
+
+
+def _matched(reference, got) -> tuple:
+    """How many ``reference`` detections ``got`` reports with the same class name and a
+    box within 2 pixels (MediaPipe's boxes are whole pixels)."""
+    matched = total = 0
+    for expected, found in zip(reference, got):
+        total += len(expected)
+        for name, box in expected:
+            matched += any(n == name and np.abs(b - box).max() <= 2.0 for n, b in found)
+    return matched, total
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="open: MediaPipe's ObjectDetector reports 54 of the 80 detections LiteRT gives "
+    "for the same fp32 file (same class name, box <= 2 px); cause not found yet",
+    strict=False,
+)
+@pytest.mark.parametrize("quant", ["fp32", "int8"])
+def test_mediapipe_object_detector(reference, quant, tmp_path):
+    from conftest import load_parity
+
+    size = 320
+    detector = m.create_detector("mobilevitv3_xxs")
+    m.load_cvnets_weights(detector, load_parity(reference, "det_ssd_xx_small_v3"), rgb_input=False)
+    labels = ("background",) + tuple(f"object_{i}" for i in range(1, 81))
+    calibration = photo_crops(32, size, seed=0) if quant == "int8" else None
+    spec = MetadataSpec("detection", labels=labels)
+    path = _export_with_metadata(
+        detector,
+        tmp_path,
+        quant,
+        spec,
+        calibration,
+        verify=False,
+        detection_postprocess=DETECTION_SETTINGS,
+        allow_float_ops=quant != "fp32",  # the exporter's int8 LayerNorm NEG ops
+    )
+    pixels, images = _pixels(4, size)
+    got = mediapipe_detections(path, pixels)
+    ref = detector.detect(
+        images,
+        score_threshold=0.02,
+        pre_nms_top_k=None,
+        max_detections_per_class=20,
+        max_detections=20,
+    )
+    keras_detections = []
+    for i in range(len(images)):
+        count = int(ref["num_detections"][i])
+        boxes = np.asarray(ref["boxes"])[i, :count] * size
+        classes = np.asarray(ref["classes"])[i, :count].astype(int)
+        keras_detections.append([(labels[c], b) for c, b in zip(classes, boxes)])
+    matched, total = _matched(litert_detections(path, images, labels, size), got)
+    print(f"MediaPipe ObjectDetector vs LiteRT, {quant}: {matched} of {total} detections")
+    assert total > 0 and matched == total
+    matched, total = _matched(keras_detections, got)
+    print(
+        f"MediaPipe ObjectDetector vs Keras, {quant}: {matched} of {total} detections with "
+        "the same class name and box (<= 2 px)"
+    )
+    assert total > 0 and matched >= 0.5 * total
