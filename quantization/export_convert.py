@@ -60,12 +60,11 @@ def _inside(op: dict, layer_names: list) -> bool:
 def _island_layers(graph) -> tuple:
     """``(attention layer names, normalization layer names)`` of an export graph."""
     from mvit3_keras.graph_clone import iter_layers
-    from mvit3_keras.layers import MultiHeadSelfAttention
-    from quantization.export_layers import LinearSelfAttentionExport, NormalizationExport
+    from mvit3_keras.layers import LinearSelfAttention, MultiHeadSelfAttention, NormalizationExport
 
     attention, norms = [], []
     for layer in iter_layers(graph):
-        if isinstance(layer, (MultiHeadSelfAttention, LinearSelfAttentionExport)):
+        if isinstance(layer, (MultiHeadSelfAttention, LinearSelfAttention)):
             attention.append(layer.name)
         elif isinstance(layer, NormalizationExport):
             norms.append(layer.name)

@@ -25,7 +25,7 @@ Targets (:class:`Target`; what each one produces is one row of
               the delegated graph into slow builtin kernels
 ``npu``       NPUs / NNAPI: full-integer, every op int8, int8 input / output
 ``edgetpu``   the Edge TPU: full-integer, uint8 input / output and the Edge TPU
-              graph formulations of :mod:`quantization.export_layers`
+              graph formulations of :mod:`mvit3_keras.layers` (their ``target`` switch)
 ``gpu``       the GPU delegate: the float16 file (``quant`` ``fp16`` or ``fp32``;
               integer types are an error: the GPU delegate computes in float)
 ``generic``   every op int8 with float input / output: the ``int8`` file of the

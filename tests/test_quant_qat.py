@@ -9,18 +9,18 @@ from support.photos import photo_crops
 from support.weights import recalibrate_batchnorm
 
 import mvit3_keras as m
-from quantization import QuantizeConfig, export_tflite, quantize_annotate_layer, quantize_model
-from quantization.edgetpu import edgetpu_report
-from quantization.export import cosine_similarity
-from quantization.qat import calibrate_ranges, is_qat_model, qat_float_islands
-from quantization.qat_layers import (
+from mvit3_keras.layers import (
+    ActivationQuantizer,
     QuantActivation,
     QuantConv,
     QuantLinearSelfAttention,
     QuantMultiHeadSelfAttention,
     QuantNormalization,
 )
-from quantization.quantizers import ActivationQuantizer
+from quantization import QuantizeConfig, export_tflite, quantize_annotate_layer, quantize_model
+from quantization.edgetpu import edgetpu_report
+from quantization.export import cosine_similarity
+from quantization.qat import calibrate_ranges, is_qat_model, qat_float_islands
 from quantization.runtime import run_tflite
 
 
