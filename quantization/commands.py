@@ -47,6 +47,13 @@ def _add_export_parser(subparsers) -> None:
     p.add_argument("model", help="MODEL.keras (float, or a QAT model from `mvit3 qat`)")
     p.add_argument("--output", required=True, help="FILE.tflite")
     p.add_argument(
+        "--labels",
+        default=None,
+        metavar="FILE",
+        help="class names, one per line: embeds TFLite Model Metadata (normalization, labels, "
+        "outputs) for MediaPipe Tasks / the LiteRT Task Library",
+    )
+    p.add_argument(
         "--quant",
         default=None,
         choices=QUANT_TYPES,
@@ -278,7 +285,9 @@ def _cmd_export(args) -> int:
         verify=not args.no_verify,
     )
     data = _calibration_data(args, options, h, w, model)
-    report = export_tflite(model, args.output, options, representative_data=data)
+    report = export_tflite(
+        model, args.output, options, representative_data=data, labels=args.labels
+    )
     _print_export_report(report)
     _write_json(args.json, report.to_dict())
     return 0

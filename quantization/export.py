@@ -203,8 +203,34 @@ def _verify_stage(flatbuffer: bytes, prepared, options, calibration) -> VerifyRe
         ) from err
 
 
+def metadata_spec(prepared: PreparedModel, labels=None, metadata=None):
+    """The :class:`quantization.metadata.MetadataSpec` an export embeds: ``metadata`` as
+    given, else one made from ``labels`` (a list or a labels file) and the model's record
+    (task, variant name); ``None`` when neither is given."""
+    from mvit3_keras import model_record
+    from quantization.metadata import MetadataSpec
+
+    if metadata is not None:
+        if labels is not None:
+            raise ValueError("pass labels= or metadata= (whose labels field holds them), not both")
+        return metadata
+    if labels is None:
+        return None
+    record = model_record(prepared.source) if prepared.source is not None else None
+    task = record.task if record is not None and record.task != "backbone" else "classification"
+    name = f"mvit3_keras {record.variant}" if record is not None else "mvit3_keras model"
+    return MetadataSpec(task=task, labels=labels, name=name, description=f"{name} ({task})")
+
+
 def export_tflite(
-    model, path, options: Optional[ExportOptions] = None, *, representative_data=None, **kwargs
+    model,
+    path,
+    options: Optional[ExportOptions] = None,
+    *,
+    representative_data=None,
+    labels=None,
+    metadata=None,
+    **kwargs,
 ) -> ExportReport:
     """Convert ``model`` (``keras.Model`` or ``.keras`` path: classifier, segmenter,
     SSD detector or QAT model), check and verify the file, then write ``path``.
@@ -220,6 +246,11 @@ def export_tflite(
             files that the model's evaluation transform preprocesses; see
             :mod:`quantization.calibration`). Also used, when given, to verify
             every other type against the float model.
+        labels: class names (a list or a labels file, one per line): embeds TFLite
+            Model Metadata (:mod:`quantization.metadata`: input normalization, labels,
+            output semantics) so MediaPipe Tasks and the LiteRT Task Library load the
+            file as it is; a count that does not match the classes is an error.
+        metadata: a :class:`quantization.metadata.MetadataSpec` (instead of ``labels``).
     """
     start = time.time()
     options = export_options(options, **kwargs)
@@ -228,6 +259,11 @@ def export_tflite(
     calibration = calibrate(prepared, options, representative_data)
     conversion = convert_with_repairs(prepared, options, calibration)
     flatbuffer = conversion.flatbuffer
+    spec = metadata_spec(prepared, labels, metadata)
+    if spec is not None:
+        from quantization.metadata import add_metadata
+
+        flatbuffer = add_metadata(flatbuffer, spec)
     file_report = inspect(flatbuffer, options, prepared)
     verified = _verify_stage(flatbuffer, prepared, options, calibration) if options.verify else None
     progress.stage("per-delegate report: XNNPACK partitions, GPU delegate, Edge TPU")

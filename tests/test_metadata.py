@@ -531,3 +531,31 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
         "the same class name and box (<= 2 px)"
     )
     assert total > 0 and matched >= 0.5 * total
+
+
+def test_export_embeds_labels_and_rejects_a_wrong_count(tmp_path):
+    """`export_tflite(..., labels=)` / `mvit3 export --labels FILE`: the written file
+    carries the metadata and the labels; a label count that is not the number of classes
+    is a clear error and nothing is written."""
+    import mvit3_keras as m
+    from mvit3_cli import dispatch
+    from quantization import export_tflite
+    from quantization.metadata import read_associated_files, read_metadata
+
+    model = m.create_model("mobilevitv3_xxs", input_shape=(32, 32, 3), num_classes=3)
+    path = tmp_path / "m.tflite"
+    export_tflite(model, path, quant="fp32", verify=False, labels=["cat", "dog", "bird"])
+    meta = read_metadata(path)
+    assert meta and "mobilevitv3_xxs" in str(meta)
+    files = read_associated_files(path)
+    assert any(b"cat\ndog\nbird" in content for content in files.values()), files
+    bad = tmp_path / "bad.tflite"
+    with pytest.raises(ValueError, match="label"):
+        export_tflite(model, bad, quant="fp32", verify=False, labels=["cat", "dog"])
+    assert not bad.exists()
+    model.save(tmp_path / "m.keras")
+    (tmp_path / "labels.txt").write_text("cat\ndog\nbird\n")
+    args = ["export", str(tmp_path / "m.keras"), "--quant", "fp32", "--no-verify"]
+    args += ["--labels", str(tmp_path / "labels.txt"), "--output", str(tmp_path / "c.tflite")]
+    assert dispatch(args) == 0
+    assert read_associated_files(tmp_path / "c.tflite")
