@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from quantization.export_options import FLOAT_ISLANDS, QUANT_TYPES, TARGETS, parse_keep_float
 from quantization.qat_config import TARGETS as QAT_TARGETS
@@ -51,7 +52,8 @@ def _add_export_parser(subparsers) -> None:
         default=None,
         metavar="FILE",
         help="class names, one per line: embeds TFLite Model Metadata (normalization, labels, "
-        "outputs) for MediaPipe Tasks / the LiteRT Task Library",
+        "outputs) for MediaPipe Tasks / the LiteRT Task Library (default: the labels.txt a "
+        "training run wrote beside MODEL.keras; 'none': no metadata)",
     )
     p.add_argument(
         "--quant",
@@ -270,6 +272,24 @@ def _print_export_report(report) -> None:
         print(report.delegates.format())
 
 
+def _labels(args, model):
+    """``--labels``: the file given, else the run folder's ``labels.txt`` beside the model
+    (written by ``mvit3 train``) when it names one class per output channel, else none;
+    ``none`` turns the metadata off."""
+    from quantization.metadata import read_labels
+
+    if args.labels is not None:
+        return None if args.labels == "none" else args.labels
+    beside = os.path.join(os.path.dirname(os.path.abspath(args.model)), "labels.txt")
+    if not os.path.isfile(beside) or len(model.outputs) != 1:
+        return None
+    if len(read_labels(beside)) != model.outputs[0].shape[-1]:
+        print(f"labels: {beside} does not name one class per output channel; not embedded")
+        return None
+    print(f"labels: {beside} (the training run's class names)")
+    return beside
+
+
 def _cmd_export(args) -> int:
     from quantization.export import ExportOptions, export_tflite, load_keras_model
 
@@ -286,7 +306,7 @@ def _cmd_export(args) -> int:
     )
     data = _calibration_data(args, options, h, w, model)
     report = export_tflite(
-        model, args.output, options, representative_data=data, labels=args.labels
+        model, args.output, options, representative_data=data, labels=_labels(args, model)
     )
     _print_export_report(report)
     _write_json(args.json, report.to_dict())

@@ -369,3 +369,20 @@ def test_load_weights_except_the_head_checks_before_loading():
     with pytest.raises(m.CheckpointMismatchError, match="same variant"):
         load_weights_except(other, state, head_prefixes=("classifier",))
     assert all(np.array_equal(a, b) for a, b in zip(before, other.get_weights()))
+
+
+def test_run_labels_are_embedded_by_export(tiny_run, tmp_path, capsys):
+    """`mvit3 train` writes the dataset's class names (labels.txt); `mvit3 export` of the
+    run's model embeds them as the file's TFLite metadata labels by default."""
+    from mvit3_cli import dispatch
+    from quantization.metadata import read_associated_files
+
+    out, _ = tiny_run
+    labels = (out / "labels.txt").read_text().splitlines()
+    assert len(labels) == 10 and all(labels), labels
+    path = tmp_path / "final.tflite"
+    args = ["export", str(out / "final.keras"), "--quant", "fp32", "--no-verify"]
+    assert dispatch(args + ["--output", str(path)]) == 0
+    assert "the training run's class names" in capsys.readouterr().out
+    (content,) = read_associated_files(path).values()
+    assert content.decode().splitlines() == labels

@@ -21,6 +21,7 @@ from training import recipes
 from training.tasks import get_task
 
 RUN_FILE = "run.json"
+LABELS_FILE = "labels.txt"  # the class names of the dataset, one per line
 SUMMARY_FILE = "summary.json"
 # recipe keys that may change between a run and its resumption
 RESUME_FREE_KEYS = ("runtime.verbose", "runtime.tensorboard")

@@ -52,7 +52,13 @@ from typing import Optional
 from training import callbacks as cb
 from training import distribute, optimizers, recipes
 from training.recipes import get
-from training.run_folder import RUN_FILE, SUMMARY_FILE, check_run_folder, run_record
+from training.run_folder import (
+    LABELS_FILE,
+    RUN_FILE,
+    SUMMARY_FILE,
+    check_run_folder,
+    run_record,
+)
 from training.tasks import get_task
 
 
@@ -314,6 +320,9 @@ class Trainer:
             from mvit3_keras.io_utils import atomic_write_text
 
             atomic_write_text(os.path.join(output, RUN_FILE), json.dumps(record, indent=2))
+            if source.class_names:  # `mvit3 export` embeds them as the file's labels
+                labels = "".join(f"{name}\n" for name in source.class_names)
+                atomic_write_text(os.path.join(output, LABELS_FILE), labels)
         return Run(
             config,
             self.task,
