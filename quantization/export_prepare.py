@@ -155,6 +155,12 @@ def _prepare_qat(model, options: ExportOptions, shape: tuple) -> PreparedModel:
     bake_ranges(graph)
     allow_float = options.allow_float_ops or bool(float_layers(model))
     allow_float = allow_float or bool(qat_float_islands(model))
+    return prepared_graph(model, graph, options, shape, allow_float)
+
+
+def prepared_graph(model, graph, options: ExportOptions, shape: tuple, allow_float: bool):
+    """The :class:`PreparedModel` of a Keras ``graph`` (export or QAT formulation of
+    ``model``) converted through its frozen concrete function."""
     return PreparedModel(
         source=model,
         graph=graph,
@@ -222,12 +228,4 @@ def prepare(model, options: Optional[ExportOptions] = None) -> PreparedModel:
     graph = prepare_for_export(
         model, options.target.formulation, input_shape=shape, batch_size=options.batch_size
     )
-    return PreparedModel(
-        source=model,
-        graph=graph,
-        function=frozen_concrete_function(graph, options.batch_size),
-        trackable=None,
-        input_shape=shape,
-        batch_size=options.batch_size,
-        allow_float_ops=options.float_ops_allowed,
-    )
+    return prepared_graph(model, graph, options, shape, options.float_ops_allowed)
