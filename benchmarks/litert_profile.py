@@ -25,6 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
+from mvit3_keras.compat import interpreter_ops  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,7 +42,7 @@ def parse_args(argv=None):
 
 def _op_names(interpreter) -> list:
     """Node names of an allocated interpreter (LiteRT exposes them only privately)."""
-    return [o["op_name"] for o in interpreter._get_ops_details()]  # noqa: SLF001
+    return [o["op_name"] for o in interpreter_ops(interpreter)]
 
 
 def xnnpack_delegation(content: bytes, threads: int):

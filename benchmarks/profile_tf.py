@@ -68,9 +68,9 @@ def _layer_kinds(model) -> dict:
 def profile_model(name, batch, size, steps, formulation="optimized") -> dict:
     import numpy as np
     import tensorflow as tf
-    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
     import mvit3_keras as m
+    from mvit3_keras.compat import xplane_op_stats
 
     model = m.create_model(name, input_shape=(size, size, 3))
     if formulation == "optimized":
@@ -86,7 +86,7 @@ def profile_model(name, batch, size, steps, formulation="optimized") -> dict:
             fn(x).numpy()
         tf.profiler.experimental.stop()
         paths = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
-        data, ok = plugin.xspace_to_tools_data(paths, "framework_op_stats", {})
+        data, ok = xplane_op_stats(paths)
     finally:
         shutil.rmtree(logdir, ignore_errors=True)
     if not ok:

@@ -229,7 +229,7 @@ class KerasBackend(_Base):
             return interpreter.get_tensor(out_index)
 
         self.fns[key] = fn
-        return {"warmup_s": self._warm(key, warmup), "runtime": interpreter._mvit3_backend}  # noqa: SLF001
+        return {"warmup_s": self._warm(key, warmup), "runtime": interpreter.mvit3_backend}
 
     def tflite_outputs(self, path, input_npy, output_npy, threads=2):
         """Run ``path`` on the images of ``input_npy`` (float outputs -> ``output_npy``)."""

@@ -20,11 +20,19 @@ Used or replaced:
   ``_use_weight_decay`` (:class:`OptimizerHooks`, :func:`uses_weight_decay`);
 * MultiWorkerMirroredStrategy: ``Trainer._symbolic_build`` / ``_maybe_symbolic_build``
   and ``keras.src.backend.tensorflow.trainer.reduce_per_replica`` /
-  ``_collective_all_reduce_multi_worker`` (:func:`prebuild_for_multiworker`).
+  ``_collective_all_reduce_multi_worker`` (:func:`prebuild_for_multiworker`);
+* the functional graph: a layer's calls and consumers (``_inbound_nodes`` /
+  ``_outbound_nodes``), a tensor's producer (``_keras_history``), nested layers
+  (``_flatten_layers``), the nodes a model runs (``_nodes_by_depth``) — used by the
+  graph passes (:func:`sole_parent`, :func:`sole_consumer`, ...);
+* TensorFlow / LiteRT: the converter's calibrate-only switch and ``mlir_quantize``
+  step, ``convert_variables_to_constants_v2``, the interpreter's node list, the
+  flatbuffer schema module and the op-determinism switch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 
@@ -219,3 +227,121 @@ def prebuild_for_multiworker(model, strategy, train_ds) -> None:
 
     tf_trainer._mvit3_original_reduce = original
     tf_trainer.reduce_per_replica = reduce_per_replica
+
+
+# ---------------------------------------------------------------------------------------
+# The Keras functional graph (read only)
+# ---------------------------------------------------------------------------------------
+def call_count(layer) -> int:
+    """How many times ``layer`` is called in the functional graph(s) it belongs to."""
+    return len(require(layer, "_inbound_nodes", "the layer's calls"))
+
+
+def consumer_count(layer) -> int:
+    """How many calls consume the outputs of ``layer``."""
+    return len(require(layer, "_outbound_nodes", "the layer's consumers"))
+
+
+def layer_calls(layer) -> list:
+    """The graph nodes of ``layer``'s calls (each has ``input_tensors`` /
+    ``output_tensors``)."""
+    return list(require(layer, "_inbound_nodes", "the layer's calls"))
+
+
+def sole_parent(layer):
+    """The one layer whose output feeds ``layer``'s one call, or None (several calls,
+    several inputs)."""
+    nodes = require(layer, "_inbound_nodes", "the layer's calls")
+    if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
+        return None
+    return nodes[0].parent_nodes[0].operation
+
+
+def sole_consumer(layer):
+    """The one layer that consumes ``layer``'s output, or None."""
+    nodes = require(layer, "_outbound_nodes", "the layer's consumers")
+    return nodes[0].operation if len(nodes) == 1 else None
+
+
+def producer(tensor):
+    """The layer (``InputLayer`` for a model input) that made a symbolic ``tensor``,
+    or None for a tensor outside a functional graph."""
+    history = getattr(tensor, "_keras_history", None)
+    return None if history is None else history.operation
+
+
+def nested_layers(layer, include_self: bool = True) -> list:
+    """``layer`` (when ``include_self``) and every layer tracked inside it, recursively."""
+    flatten = require(layer, "_flatten_layers", "the nested-layer walk")
+    return list(flatten(include_self=include_self, recursive=True))
+
+
+def graph_layer_types(model) -> set:
+    """Class names of the layers that ``model``'s functional graph actually runs."""
+    by_depth = require(model, "_nodes_by_depth", "the model's graph nodes")
+    return {type(node.operation).__name__ for nodes in by_depth.values() for node in nodes}
+
+
+# ---------------------------------------------------------------------------------------
+# TensorFlow / LiteRT
+# ---------------------------------------------------------------------------------------
+def calibrate_only(converter) -> None:
+    """Make ``converter.convert()`` return the calibrated float model (the switch the
+    TFLite quantization debugger uses), to be quantized by :func:`mlir_quantize`."""
+    require(converter, "_experimental_calibrate_only", "the calibrate-only switch")
+    converter._experimental_calibrate_only = True
+
+
+def mlir_quantize(calibrated: bytes, **kwargs) -> bytes:
+    """The converter's own int8 step on a calibrated model (``tf.lite`` private API)."""
+    from tensorflow.lite.python import convert as tfl_convert
+
+    return require(tfl_convert, "mlir_quantize", "the TFLite quantize step")(calibrated, **kwargs)
+
+
+def frozen_function(concrete_function):
+    """``concrete_function`` with its variables turned into constants."""
+    from tensorflow.python.framework import convert_to_constants
+
+    freeze = require(convert_to_constants, "convert_variables_to_constants_v2", "variable freezing")
+    return freeze(concrete_function)
+
+
+def interpreter_ops(interpreter) -> list:
+    """``[{"index", "op_name", "inputs", "outputs"}, ...]`` of a LiteRT interpreter's
+    nodes (delegate nodes included); LiteRT exposes the list privately only."""
+    return list(require(interpreter, "_get_ops_details", "the interpreter's node list")())
+
+
+def tflite_schema():
+    """The generated flatbuffer schema module (LiteRT's, else TensorFlow's copy)."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - tensorflow's copy of the same file
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
+def xplane_op_stats(paths: list) -> tuple:
+    """``(json text, ok)`` of the TF profiler's ``framework_op_stats`` tool on the
+    ``*.xplane.pb`` traces in ``paths`` (the tool is reachable only privately)."""
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    convert = require(plugin, "xspace_to_tools_data", "the profiler's trace converter")
+    return convert(paths, "framework_op_stats", {})
+
+
+@contextlib.contextmanager
+def op_determinism():
+    """TensorFlow op determinism inside the block, restored afterwards (TF exports only
+    the switch on; the switch back is in ``tensorflow.python.framework.config``)."""
+    from tensorflow.python.framework import config
+
+    was_enabled = config.is_op_determinism_enabled()
+    if not was_enabled:
+        config.enable_op_determinism()
+    try:
+        yield
+    finally:
+        if not was_enabled:
+            config.disable_op_determinism()

@@ -16,6 +16,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from mvit3_keras.compat import call_count, consumer_count, sole_consumer, sole_parent
 from mvit3_keras.graph_clone import iter_layers
 
 
@@ -55,11 +56,8 @@ def affine_fold_plan(model) -> dict:
     for layer in iter_layers(model):
         if not is_foldable_norm(layer) or not (layer.scale or layer.center):
             continue
-        outbound = layer._outbound_nodes  # noqa: SLF001 - Keras functional graph
-        if len(outbound) != 1:
-            continue
-        consumer = outbound[0].operation
-        if is_pointwise_linear(consumer) and len(consumer._inbound_nodes) == 1:  # noqa: SLF001
+        consumer = sole_consumer(layer)
+        if consumer is not None and is_pointwise_linear(consumer) and call_count(consumer) == 1:
             plan[layer.name] = consumer
             plan[consumer.name] = layer
     return plan
@@ -108,18 +106,13 @@ def batch_norm_fold_plan(model: keras.Model) -> dict:
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
         axis = layer.axis if isinstance(layer.axis, int) else None
-        if axis not in (-1, 3) or len(layer._inbound_nodes) != 1:  # noqa: SLF001
-            continue
-        parents = layer._inbound_nodes[0].parent_nodes  # noqa: SLF001
-        if len(parents) != 1:
-            continue
-        conv = parents[0].operation
+        conv = sole_parent(layer) if axis in (-1, 3) else None
         if (
             type(conv) not in _CONVS
             or conv.data_format != "channels_last"
             or keras.activations.serialize(conv.activation) not in ("linear", None)
-            or len(conv._inbound_nodes) != 1  # noqa: SLF001
-            or len(conv._outbound_nodes) != 1  # noqa: SLF001
+            or call_count(conv) != 1
+            or consumer_count(conv) != 1
         ):
             continue
         plan[conv.name] = layer

@@ -16,6 +16,7 @@ from typing import Optional
 
 import keras
 
+from mvit3_keras.compat import nested_layers
 from mvit3_keras.recorded_model import MobileViTModel, attach_model_record, model_record
 
 
@@ -30,7 +31,7 @@ def iter_layers(model, *, sublayers: bool = False):
         return
     seen = set()
     for layer in iter_layers(model):
-        for sub in layer._flatten_layers(include_self=True, recursive=True):  # noqa: SLF001
+        for sub in nested_layers(layer):
             if id(sub) not in seen:
                 seen.add(id(sub))
                 yield sub

@@ -33,6 +33,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from mvit3_keras.compat import call_count, consumer_count, sole_parent
 from mvit3_keras.folding import (
     affine_fold_plan,
     batch_norm_fold_plan,
@@ -178,17 +179,13 @@ def attention_split_plan(model: keras.Model) -> dict:
     for layer in iter_layers(model):
         if type(layer) not in (MultiHeadSelfAttention, LinearSelfAttention):
             continue
-        if layer.projection_dim is not None or len(layer._inbound_nodes) != 1:  # noqa: SLF001
-            continue
-        parents = layer._inbound_nodes[0].parent_nodes  # noqa: SLF001
-        if len(parents) != 1:
-            continue
-        qkv = parents[0].operation
+        qkv = sole_parent(layer) if layer.projection_dim is None else None
         if (
-            is_pointwise_linear(qkv)
+            qkv is not None
+            and is_pointwise_linear(qkv)
             and keras.activations.serialize(qkv.activation) in ("linear", None)
-            and len(qkv._inbound_nodes) == 1  # noqa: SLF001
-            and len(qkv._outbound_nodes) == 1  # noqa: SLF001
+            and call_count(qkv) == 1
+            and consumer_count(qkv) == 1
         ):
             plan[qkv.name] = layer
     return plan

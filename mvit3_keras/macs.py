@@ -19,6 +19,7 @@ import math
 
 import keras
 
+from mvit3_keras.compat import layer_calls
 from mvit3_keras.layers import LinearSelfAttention, MultiHeadSelfAttention
 
 
@@ -40,7 +41,7 @@ def _iter_nodes(model):
         if isinstance(layer, keras.Model):
             yield from _iter_nodes(layer)
             continue
-        for node in layer._inbound_nodes:
+        for node in layer_calls(layer):
             yield layer, node
 
 

@@ -65,7 +65,7 @@ def benchmark_tflite(
         "size_bytes": int(size),
         "num_threads": int(num_threads),
         "xnnpack": bool(use_xnnpack),
-        "runtime": interpreter._mvit3_backend,  # noqa: SLF001
+        "runtime": interpreter.mvit3_backend,
         "warmup": int(warmup),
         "runs": int(len(times)),
         "median_ms": float(np.median(times)),

@@ -30,6 +30,8 @@ import sys
 import tempfile
 from typing import Optional
 
+from mvit3_keras.compat import interpreter_ops
+
 # Builtin ops the GPU delegate takes (the switch of CheckGpuDelegateCompatibility in
 # tensorflow/lite/tools/versioning/gpu_compatibility.cc).
 GPU_OPS = frozenset(
@@ -156,8 +158,7 @@ def xnnpack_partitions(model, *, num_threads: int = 2) -> dict:
     from quantization.runtime import load_interpreter
 
     interpreter = load_interpreter(model, num_threads=num_threads)
-    # the node list is not public API: LiteRT's interpreter exposes it privately only
-    nodes = interpreter._get_ops_details()  # noqa: SLF001
+    nodes = interpreter_ops(interpreter)
     delegates = [n for n in nodes if n["op_name"] == "DELEGATE"]
     ops = {n["index"]: n for n in nodes if n["op_name"] != "DELEGATE"}
     producer = {int(t): i for i, n in ops.items() for t in n["outputs"]}

@@ -16,6 +16,7 @@ from typing import Optional
 import numpy as np
 
 from mvit3_keras import progress
+from mvit3_keras.compat import calibrate_only, mlir_quantize
 from quantization.add_ranges import illegal_add_outputs, quantize_with_legal_add_ranges
 from quantization.calibration import (
     collect_images,
@@ -161,16 +162,14 @@ def _quantize_calibrated(converter, prepared: PreparedModel, options: ExportOpti
     (what ``converter.convert()`` runs), with the ``keep_float`` ops left in float32
     (a node denylist) and int8 ADD ranges that LiteRT accepts. Returns
     ``(flatbuffer, widened ranges per round)``."""
-    from tensorflow.lite.python import convert as tfl_convert
-
-    converter._experimental_calibrate_only = True  # noqa: SLF001 - public in the debugger
+    calibrate_only(converter)
     calibrated = run_converter(converter)
     keep_float = options.keep_float
     nodes = float_island_nodes(calibrated, prepared.graph, keep_float) if keep_float else None
     io_type = _io_type(options)
 
     def quantize(calibrated_model):
-        return tfl_convert.mlir_quantize(
+        return mlir_quantize(
             calibrated_model,
             disable_per_channel=False,
             input_data_type=io_type,

@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mvit3_keras.compat import frozen_function
 from quantization.export_options import ExportOptions, QuantType
 
 
@@ -86,9 +87,6 @@ class PreparedModel:
 def frozen_concrete_function(model, batch_size: int):
     """``model`` as a frozen concrete function of one ``image`` input at a static batch."""
     import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
     spec = tf.TensorSpec((batch_size, *model.inputs[0].shape[1:]), tf.float32, name="image")
 
@@ -96,7 +94,7 @@ def frozen_concrete_function(model, batch_size: int):
     def serve(image):
         return model(image, training=False)
 
-    return convert_variables_to_constants_v2(serve.get_concrete_function())
+    return frozen_function(serve.get_concrete_function())
 
 
 def _static_shape(model, options: ExportOptions) -> tuple:

@@ -17,13 +17,12 @@ from typing import Optional
 
 import numpy as np
 
+from mvit3_keras.compat import tflite_schema
+
 
 def schema():
-    try:
-        from ai_edge_litert import schema_py_generated as s
-    except ImportError:  # pragma: no cover - tensorflow's copy of the same file
-        from tensorflow.lite.python import schema_py_generated as s
-    return s
+    """The generated TFLite flatbuffer schema module."""
+    return tflite_schema()
 
 
 def _enum_names(enum_cls) -> dict:

@@ -21,6 +21,7 @@ from typing import Optional
 import keras
 import numpy as np
 
+from mvit3_keras.compat import consumer_count, producer, sole_parent
 from mvit3_keras.graph_clone import clone_with, iter_layers
 from mvit3_keras.layers import (
     QAT_LAYER_CLASSES,
@@ -140,11 +141,8 @@ def conv_batchnorm_plan(model) -> dict:
     for layer in iter_layers(model):
         if not isinstance(layer, keras.layers.BatchNormalization):
             continue
-        nodes = layer._inbound_nodes  # noqa: SLF001 - Keras functional graph
-        if len(nodes) != 1 or len(nodes[0].parent_nodes) != 1:
-            continue
-        parent = nodes[0].parent_nodes[0].operation
-        if type(parent) in _CONVS and len(parent._outbound_nodes) == 1:  # noqa: SLF001
+        parent = sole_parent(layer)
+        if type(parent) in _CONVS and consumer_count(parent) == 1:
             plan[parent.name] = layer
     return plan
 
@@ -249,14 +247,14 @@ def _quantizing_call(config: QuantizeConfig, skipped):
     input_quantizers = {}
 
     def quantize_input(t):
-        history = getattr(t, "_keras_history", None)
-        if history is None or not isinstance(history.operation, keras.layers.InputLayer):
+        source = producer(t)
+        if not isinstance(source, keras.layers.InputLayer):
             return t
         if id(t) not in input_quantizers:
             quantizer = ActivationQuantizer(
                 config.ema_decay,
                 fixed_range=config.input_range,
-                name=f"{history.operation.name}_quantizer",
+                name=f"{source.name}_quantizer",
             )
             input_quantizers[id(t)] = quantizer(t)
         return input_quantizers[id(t)]

@@ -66,7 +66,7 @@ def load_interpreter(model, *, num_threads: Optional[int] = None, use_xnnpack: b
             raise FileNotFoundError(f"no such .tflite file: {path}")
         interpreter = Interpreter(model_path=path, **kwargs)
     interpreter.allocate_tensors()
-    interpreter._mvit3_backend = backend  # noqa: SLF001 - for reports
+    interpreter.mvit3_backend = backend  # which runtime loaded it, for reports
     return interpreter
 
 
@@ -101,7 +101,7 @@ class TFLiteRunner:
         if len(self.inputs) != 1:
             raise ValueError(f"expected a single-input model, got {len(self.inputs)} inputs")
         self.input_shape = tuple(int(v) for v in self.inputs[0]["shape"])
-        self.backend = self.interpreter._mvit3_backend  # noqa: SLF001
+        self.backend = self.interpreter.mvit3_backend
 
     @property
     def batch_size(self) -> int:

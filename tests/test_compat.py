@@ -3,6 +3,9 @@ was written for (fails loudly when a Keras upgrade changes one of them)."""
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -80,3 +83,64 @@ def test_keras_calls_the_weight_decay_hook():
     sgd.build([w])
     sgd.apply_gradients([(zero, w)])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(w), 1 - 0.1 * 0.5, rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------
+# Private Keras / TensorFlow names are reached from compat.py only
+# --------------------------------------------------------------------------------------
+ROOT = Path(__file__).resolve().parent.parent
+INTERNAL_MODULES = ("keras.src", "tensorflow.python", "tensorflow.lite.python", "tf_keras")
+
+
+def _private_reach(path: Path) -> list:
+    """``obj._name`` on anything but ``self`` / ``cls``, and imports of internal modules."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            owner = node.value.id if isinstance(node.value, ast.Name) else None
+            if not node.attr.startswith("__") and owner not in ("self", "cls"):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            modules += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            for module in modules:
+                if module.startswith(INTERNAL_MODULES):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} import {module}")
+    return found
+
+
+def test_keras_and_tensorflow_internals_only_in_compat():
+    folders = ("mvit3_keras", "training", "quantization", "examples", "tests", "benchmarks")
+    paths = [p for f in folders for p in sorted((ROOT / f).rglob("*.py"))]
+    assert len(paths) > 50
+    offending = [hit for p in paths if p.name != "compat.py" for hit in _private_reach(p)]
+    assert not offending, "move these behind mvit3_keras/compat.py:\n" + "\n".join(offending)
+
+
+def test_graph_helpers_read_the_functional_graph():
+    inputs = keras.Input((4, 4, 3))
+    conv = keras.layers.Conv2D(2, 1, name="conv")
+    bn = keras.layers.BatchNormalization(name="bn")
+    y = bn(conv(inputs))
+    model = keras.Model(inputs, [keras.layers.ReLU(name="relu")(y), keras.layers.Softmax()(y)])
+    assert compat.sole_parent(bn) is conv and compat.sole_consumer(conv) is bn
+    assert compat.sole_consumer(bn) is None  # two consumers: the ReLU and the softmax
+    assert compat.call_count(conv) == 1 and compat.consumer_count(bn) == 2
+    assert isinstance(compat.producer(inputs), keras.layers.InputLayer)
+    assert compat.producer(np.zeros(1)) is None
+    assert {"Conv2D", "BatchNormalization", "ReLU"} <= compat.graph_layer_types(model)
+    nested = compat.nested_layers(model, include_self=False)
+    assert conv in nested and model not in nested
+    assert len(compat.layer_calls(conv)) == 1
+
+
+def test_interpreter_ops_lists_the_nodes():
+    import tensorflow as tf
+
+    from quantization.runtime import load_interpreter
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
+    interpreter = load_interpreter(flatbuffer, use_xnnpack=False)
+    ops = compat.interpreter_ops(interpreter)
+    assert [op["op_name"] for op in ops] == ["FULLY_CONNECTED"]

@@ -296,7 +296,7 @@ _RUN_TFLITE = textwrap.dedent(
     import sys, numpy as np
     from ai_edge_litert.interpreter import Interpreter
     interpreter = Interpreter(model_path=sys.argv[1])
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    ops = {op["op_name"] for op in interpreter_ops(interpreter)}
     assert "TFLite_Detection_PostProcess" in ops, ops
     assert not any(op.startswith("Flex") for op in ops), ops
     out = interpreter.get_signature_runner()(image=np.load(sys.argv[2]))

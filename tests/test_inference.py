@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_close_to_reference, load_parity
 
 import mvit3_keras as m
+from mvit3_keras.compat import graph_layer_types
 from mvit3_keras.folding import affine_fold_plan, batch_norm_fold_plan, is_pointwise_linear
 from mvit3_keras.graph_clone import iter_layers
 
@@ -34,11 +35,7 @@ def _randomize_batch_norms(model, seed=0):
 
 def _graph_layer_types(model):
     """Types of the layers that the functional graph actually runs."""
-    return {
-        type(node.operation).__name__
-        for depth_nodes in model._nodes_by_depth.values()  # noqa: SLF001
-        for node in depth_nodes
-    }
+    return graph_layer_types(model)
 
 
 @pytest.mark.parametrize("name", m.list_models())

@@ -12,6 +12,7 @@ from conftest import assert_close_to_reference, load_parity
 
 import mvit3_keras as m
 from mvit3_keras import specs as S
+from mvit3_keras.compat import frozen_function, interpreter_ops
 from mvit3_keras.registry import spec_for_cvnets_name
 from mvit3_keras.segmentation import (
     HEADS,
@@ -487,9 +488,6 @@ def test_tflite_conversion_builtin_ops_only():
     import tensorflow as tf
 
     interpreter_mod = pytest.importorskip("ai_edge_litert.interpreter")
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
 
     seg = create_segmenter(
         "mobilevitv3_050",
@@ -503,7 +501,7 @@ def test_tflite_conversion_builtin_ops_only():
     spec = tf.TensorSpec((1, 66, 90, 3), tf.float32)
     fn = tf.function(lambda image: seg(image, training=False), input_signature=[spec])
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [convert_variables_to_constants_v2(fn.get_concrete_function())]
+        [frozen_function(fn.get_concrete_function())]
     )
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     interpreter = interpreter_mod.Interpreter(model_content=converter.convert())
@@ -514,6 +512,6 @@ def test_tflite_conversion_builtin_ops_only():
     mask = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     assert mask.shape == (1, 66, 90)
     assert (mask == np.asarray(seg(x))).mean() > 0.999
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    ops = {op["op_name"] for op in interpreter_ops(interpreter)}
     assert {"AVERAGE_POOL_2D", "RESIZE_BILINEAR", "ARG_MAX"} <= ops
     assert not any(op.startswith("Flex") for op in ops)

@@ -57,10 +57,11 @@ variants that have one.
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 
 import numpy as np
+
+from mvit3_keras.compat import nested_layers, op_determinism
 
 
 def weight_rng(seed: int, *parts: str) -> np.random.Generator:
@@ -147,25 +148,8 @@ def official_init(model, family: str, *, seed: int = 0, name: str = ""):
     return model
 
 
-@contextlib.contextmanager
-def op_determinism():
-    """TensorFlow op determinism inside the block, restored afterwards (TF exports
-    only ``tf.config.experimental.enable_op_determinism``; the switch back is in
-    ``tensorflow.python.framework.config``)."""
-    from tensorflow.python.framework import config
-
-    was_enabled = config.is_op_determinism_enabled()
-    if not was_enabled:
-        config.enable_op_determinism()
-    try:
-        yield
-    finally:
-        if not was_enabled:
-            config.disable_op_determinism()
-
-
 def _sublayers(model):
-    return model._flatten_layers(include_self=False, recursive=True)  # noqa: SLF001
+    return nested_layers(model, include_self=False)
 
 
 def calibrate_batchnorm(model, images: np.ndarray):
