@@ -108,15 +108,20 @@ def batch_norm_fold_plan(model: keras.Model) -> dict:
         axis = layer.axis if isinstance(layer.axis, int) else None
         conv = sole_parent(layer) if axis in (-1, 3) else None
         if (
-            type(conv) not in _CONVS
-            or conv.data_format != "channels_last"
-            or keras.activations.serialize(conv.activation) not in ("linear", None)
-            or call_count(conv) != 1
-            or consumer_count(conv) != 1
+            type(conv) in _CONVS
+            and conv.data_format == "channels_last"
+            and is_exclusive_linear(conv)
         ):
-            continue
-        plan[conv.name] = layer
+            plan[conv.name] = layer
     return plan
+
+
+def is_exclusive_linear(layer) -> bool:
+    """``layer`` has no activation, is called once and feeds exactly one layer: its
+    weights can absorb what follows it."""
+    activation = getattr(layer, "activation", None)
+    linear = activation is None or keras.activations.serialize(activation) in ("linear", None)
+    return linear and call_count(layer) == 1 and consumer_count(layer) == 1
 
 
 def folded_conv_weights(conv, bn) -> tuple[np.ndarray, np.ndarray]:

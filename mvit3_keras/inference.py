@@ -33,7 +33,7 @@ from typing import Optional
 import keras
 import numpy as np
 
-from mvit3_keras.compat import call_count, consumer_count, sole_parent
+from mvit3_keras.compat import sole_parent
 from mvit3_keras.folding import (
     affine_fold_plan,
     batch_norm_fold_plan,
@@ -41,6 +41,7 @@ from mvit3_keras.folding import (
     folded_linear_weights,
     folded_pointwise,
     input_rank,
+    is_exclusive_linear,
     is_pointwise_linear,
 )
 from mvit3_keras.graph_clone import bypassing, clone_with, iter_layers
@@ -180,13 +181,7 @@ def attention_split_plan(model: keras.Model) -> dict:
         if type(layer) not in (MultiHeadSelfAttention, LinearSelfAttention):
             continue
         qkv = sole_parent(layer) if layer.projection_dim is None else None
-        if (
-            qkv is not None
-            and is_pointwise_linear(qkv)
-            and keras.activations.serialize(qkv.activation) in ("linear", None)
-            and call_count(qkv) == 1
-            and consumer_count(qkv) == 1
-        ):
+        if qkv is not None and is_pointwise_linear(qkv) and is_exclusive_linear(qkv):
             plan[qkv.name] = layer
     return plan
 

@@ -142,18 +142,20 @@ def _image_files(folder: str) -> list:
     return files
 
 
-def _recipe_values(model) -> dict:
-    """The values of the official recipe of ``model``'s variant (``{}`` when the
-    model carries no :class:`mvit3_keras.ModelRecord`)."""
+def _recipe_values(model):
+    """The typed configuration of the official recipe of ``model``'s variant (the
+    defaults when the model carries no :class:`mvit3_keras.ModelRecord`; detectors
+    use their backbone's classification recipe)."""
     from mvit3_keras import model_record
     from training import recipes
+    from training.config import TrainingConfig
 
     record = model_record(model) if model is not None else None
     if record is None:
-        return {}
-    task = "segmentation" if record.task == "segmentation" else "classification"
+        return TrainingConfig()
+    task = record.task if record.task in recipes.DEFAULT_RECIPE_RULES else "classification"
     name = recipes.default_recipe(record.variant, task, "imagenet")
-    return recipes.get_recipe(name).to_dict()
+    return recipes.get_recipe(name).config()
 
 
 def evaluation_transform(model, input_shape: tuple):
@@ -165,12 +167,11 @@ def evaluation_transform(model, input_shape: tuple):
 
     from mvit3_keras import model_record
     from training import augment
-    from training.recipes import get
 
     values = _recipe_values(model)
     height, width = int(input_shape[0]), int(input_shape[1])
-    interpolation = get(values, "image_augmentation.resize.interpolation", "bilinear")
-    channel_order = get(values, "runtime.channel_order", "rgb")
+    interpolation = values.image_augmentation.resize.interpolation
+    channel_order = values.runtime.channel_order
     record = model_record(model) if model is not None else None
     crops = (record is None or record.task == "classification") and height == width
 

@@ -35,11 +35,12 @@ def recipe_name(model: Optional[str], task: str, dataset: str, recipe: Optional[
     )
 
 
-def recipe_values(model: Optional[str], task: str, dataset: str, recipe: Optional[str]) -> dict:
-    """The values of :func:`recipe_name`'s recipe."""
+def recipe_values(model: Optional[str], task: str, dataset: str, recipe: Optional[str]):
+    """The typed configuration (:class:`training.config.TrainingConfig`) of
+    :func:`recipe_name`'s recipe."""
     from training import recipes
 
-    return recipes.get_recipe(recipe_name(model, task, dataset, recipe)).to_dict()
+    return recipes.get_recipe(recipe_name(model, task, dataset, recipe)).config()
 
 
 def pipeline_arrays(task, source, values, *, image_size, split, limit=None, batch_size=64):

@@ -45,7 +45,14 @@ from collections.abc import Mapping
 from typing import Optional
 
 
-class QuantType(str, enum.Enum):
+class Choice(str, enum.Enum):
+    """A string enum of command-line choices: prints as its value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class QuantType(Choice):
     """How the exported file computes (see the module docstring)."""
 
     FP32 = "fp32"
@@ -54,9 +61,6 @@ class QuantType(str, enum.Enum):
     INT8 = "int8"
     INT8_FULL = "int8_full"
     QAT = "qat"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def is_integer(self) -> bool:
@@ -69,7 +73,7 @@ class QuantType(str, enum.Enum):
         return self in (QuantType.INT8, QuantType.INT8_FULL)
 
 
-class Target(str, enum.Enum):
+class Target(Choice):
     """The device family the file is formulated for (see the module docstring)."""
 
     CPU = "cpu"
@@ -77,9 +81,6 @@ class Target(str, enum.Enum):
     EDGETPU = "edgetpu"
     GPU = "gpu"
     GENERIC = "generic"
-
-    def __str__(self) -> str:
-        return self.value
 
     @property
     def formulation(self) -> str:

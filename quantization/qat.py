@@ -21,25 +21,9 @@ from typing import Optional
 import keras
 import numpy as np
 
+from mvit3_keras import layers as L
 from mvit3_keras.compat import consumer_count, producer, sole_parent
 from mvit3_keras.graph_clone import clone_with, iter_layers
-from mvit3_keras.layers import (
-    QAT_LAYER_CLASSES,
-    ActivationQuantizer,
-    Fold,
-    LinearSelfAttention,
-    MultiHeadSelfAttention,
-    NormalizationExport,
-    QuantActivation,
-    QuantConv,
-    QuantizeWrapper,
-    QuantLinearSelfAttention,
-    QuantMultiHeadSelfAttention,
-    QuantNormalization,
-    ResizeLike,
-    ResizeToEven,
-    Unfold,
-)
 from quantization.graph_rewrite import prepare_for_export
 from quantization.qat_config import SKIP_ATTRIBUTE, QuantizeConfig, quantize_annotate_layer
 
@@ -67,10 +51,10 @@ PASS_THROUGH = (
     keras.layers.Flatten,
     keras.layers.Identity,
     keras.layers.Cropping2D,
-    Unfold,
-    Fold,
-    ResizeToEven,
-    ResizeLike,
+    L.Unfold,
+    L.Fold,
+    L.ResizeToEven,
+    L.ResizeLike,
 )
 # Layers without weights whose output gets its own range.
 OUTPUT_QUANTIZED = (
@@ -85,20 +69,23 @@ OUTPUT_QUANTIZED = (
 )
 _CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 _ATTENTION_TWINS = {
-    MultiHeadSelfAttention: QuantMultiHeadSelfAttention,
-    LinearSelfAttention: QuantLinearSelfAttention,
+    L.MultiHeadSelfAttention: L.QuantMultiHeadSelfAttention,
+    L.LinearSelfAttention: L.QuantLinearSelfAttention,
 }
 
 
 def is_qat_model(model) -> bool:
     """True if ``model`` was made by :func:`quantize_model` (has fake-quant layers)."""
-    return any(isinstance(layer, QAT_LAYER_CLASSES) for layer in iter_layers(model))
+    return any(isinstance(layer, L.QAT_LAYER_CLASSES) for layer in iter_layers(model))
 
 
 def qat_target(model) -> str:
     """The export target whose formulation a QAT model instruments."""
     for layer in iter_layers(model):
-        if isinstance(layer, (Unfold, Fold, LinearSelfAttention)) and layer.target is not None:
+        if (
+            isinstance(layer, (L.Unfold, L.Fold, L.LinearSelfAttention))
+            and layer.target is not None
+        ):
             return layer.target
     return "generic"
 
@@ -118,7 +105,7 @@ def float_layers(model) -> list:
     """Names of compute layers a QAT model leaves in float (annotated / skipped)."""
     names = []
     for layer in iter_layers(model):
-        if isinstance(layer, QAT_LAYER_CLASSES) or isinstance(layer, PASS_THROUGH):
+        if isinstance(layer, L.QAT_LAYER_CLASSES) or isinstance(layer, PASS_THROUGH):
             continue
         if isinstance(layer, keras.Model) or isinstance(layer, keras.layers.BatchNormalization):
             continue
@@ -135,7 +122,7 @@ def _conv_class_name(layer) -> str:
 
 def conv_batchnorm_plan(model) -> dict:
     """``{conv_name: bn_layer}`` for BatchNorms that directly follow a conv whose
-    output feeds nothing else (:class:`QuantConv` folds them, Krishnamoorthi 2018,
+    output feeds nothing else (:class:`~mvit3_keras.layers.QuantConv` folds them, Krishnamoorthi 2018,
     section 3.2)."""
     plan = {}
     for layer in iter_layers(model):
@@ -160,7 +147,7 @@ def _transfer_wrapped(old, new):
 
 
 def _quant_conv(layer, config, bn):
-    new = QuantConv(
+    new = L.QuantConv(
         _conv_class_name(layer),
         layer.get_config(),
         None if bn is None else bn.get_config(),
@@ -181,7 +168,7 @@ def _quant_activation(layer, config):
     activation = keras.activations.serialize(layer.activation)
     activation = activation if isinstance(activation, str) else activation.get("config", activation)
     name = getattr(layer.activation, "__name__", str(activation))
-    return QuantActivation(name, config.ema_decay, name=layer.name), None
+    return L.QuantActivation(name, config.ema_decay, name=layer.name), None
 
 
 def _quant_normalization(layer, config):
@@ -191,7 +178,7 @@ def _quant_normalization(layer, config):
         float_statistics="normalization" in config.keep_float,
         stepwise_statistics=False,  # the QAT graph quantizes one MEAN over all axes
     )
-    return QuantNormalization.from_config(twin_config), _transfer_same
+    return L.QuantNormalization.from_config(twin_config), _transfer_same
 
 
 def _quant_attention(layer, config):
@@ -205,7 +192,7 @@ def _quant_attention(layer, config):
 
 def _quant_output(layer, config):
     inner = layer.__class__.from_config(dict(layer.get_config(), name="inner"))
-    return QuantizeWrapper(inner, config.ema_decay, name=layer.name), _transfer_wrapped
+    return L.QuantizeWrapper(inner, config.ema_decay, name=layer.name), _transfer_wrapped
 
 
 def quantized_twin(layer, config: QuantizeConfig, bn=None):
@@ -215,7 +202,7 @@ def quantized_twin(layer, config: QuantizeConfig, bn=None):
         return _quant_conv(layer, config, bn)
     if isinstance(layer, keras.layers.Activation):
         return _quant_activation(layer, config)
-    if isinstance(layer, NormalizationExport):
+    if isinstance(layer, L.NormalizationExport):
         return _quant_normalization(layer, config)
     if type(layer) in _ATTENTION_TWINS:
         return _quant_attention(layer, config)
@@ -251,7 +238,7 @@ def _quantizing_call(config: QuantizeConfig, skipped):
         if not isinstance(source, keras.layers.InputLayer):
             return t
         if id(t) not in input_quantizers:
-            quantizer = ActivationQuantizer(
+            quantizer = L.ActivationQuantizer(
                 config.ema_decay,
                 fixed_range=config.input_range,
                 name=f"{source.name}_quantizer",
@@ -267,7 +254,7 @@ def _quantizing_call(config: QuantizeConfig, skipped):
             kwargs = {k: v for k, v in kwargs.items() if k != "mask"}
         out = layer(*args, **kwargs)
         if layer.name in skipped and not isinstance(layer, PASS_THROUGH):
-            requant = ActivationQuantizer(config.ema_decay, name=f"{layer.name}.requantize")
+            requant = L.ActivationQuantizer(config.ema_decay, name=f"{layer.name}.requantize")
             out = keras.tree.map_structure(requant, out)
         return out
 
@@ -276,7 +263,7 @@ def _quantizing_call(config: QuantizeConfig, skipped):
 
 def wrap_quantized(model: keras.Model, config: QuantizeConfig, skipped=frozenset()):
     """The pass that swaps every layer of an export-formulation model for its quantized
-    twin (:func:`quantized_twin`; conv -> BatchNorm pairs into one :class:`QuantConv`);
+    twin (:func:`quantized_twin`; conv -> BatchNorm pairs into one :class:`~mvit3_keras.layers.QuantConv`);
     layers named in ``skipped`` stay float, their outputs re-quantized."""
     bn_plan = conv_batchnorm_plan(model) if config.fold_batch_norm else {}
     bn_plan = {name: bn for name, bn in bn_plan.items() if name not in skipped}
@@ -327,7 +314,7 @@ def calibrate_ranges(qat_model: keras.Model, images, *, batch_size: int = 16) ->
     quantizers = [
         layer
         for layer in iter_layers(qat_model, sublayers=True)
-        if isinstance(layer, ActivationQuantizer) and layer.fixed_range is None
+        if isinstance(layer, L.ActivationQuantizer) and layer.fixed_range is None
     ]
     for q in quantizers:
         q.force_update = True
@@ -347,7 +334,7 @@ def uncalibrated_quantizers(qat_model: keras.Model) -> list:
     return [
         layer.path if hasattr(layer, "path") else layer.name
         for layer in iter_layers(qat_model, sublayers=True)
-        if isinstance(layer, ActivationQuantizer)
+        if isinstance(layer, L.ActivationQuantizer)
         and layer.fixed_range is None
         and float(keras.ops.convert_to_numpy(layer.initialized)) == 0.0
     ]
@@ -357,8 +344,8 @@ def bake_ranges(qat_model: keras.Model) -> keras.Model:
     """Make every activation quantizer trace its (frozen) range as a constant:
     used on the copy of a QAT model that is converted."""
     for layer in iter_layers(qat_model, sublayers=True):
-        if isinstance(layer, ActivationQuantizer):
+        if isinstance(layer, L.ActivationQuantizer):
             layer.bake_ranges = True
-        elif isinstance(layer, (QuantConv, QuantNormalization)):
+        elif isinstance(layer, (L.QuantConv, L.QuantNormalization)):
             layer.bake = True
     return qat_model

@@ -203,7 +203,6 @@ def _write_outputs(trainer, float_model, run_summary: dict, output: str) -> dict
     on the validation split (the task's metrics)."""
     from mvit3_keras.io_utils import atomic_path
     from training import pipeline
-    from training.recipes import get
     from training.trainer import resolve
 
     with atomic_path(output) as tmp:
@@ -220,7 +219,7 @@ def _write_outputs(trainer, float_model, run_summary: dict, output: str) -> dict
         f"val_{task.metric}_float": float_result[task.metric],
         f"val_{task.metric}_qat": float(run_summary["final"][task.metric]),
     }
-    limit = get(values, "runtime.max_val_examples")
+    limit = values.runtime.max_val_examples
     init_report = run_summary.get("init_report") or {}
     history = {}
     for row in _history_rows(run_summary):

@@ -37,8 +37,8 @@ import math
 
 import tensorflow as tf
 
+from training.config import training_config
 from training.randaugment import RandAugment
-from training.recipes import get
 
 
 def _method(interpolation: str) -> str:
@@ -99,25 +99,26 @@ def to_model_input(image, channel_order="rgb"):
 class ClassificationAugment:
     """Per-example training transform; ``__call__(example, size_hw)``."""
 
-    def __init__(self, values: dict, num_classes: int, seed: int = 0):
+    def __init__(self, values, num_classes: int, seed: int = 0):
         import keras
 
-        aug = values.get("image_augmentation", {})
+        values = training_config(values)
+        aug = values.image_augmentation
         self.num_classes = num_classes
-        self.channel_order = get(values, "runtime.channel_order", "rgb")
-        rrc = aug.get("random_resized_crop", {})
-        self.rrc = bool(rrc.get("enable", False))
-        self.rrc_interp = rrc.get("interpolation", "bilinear")
-        self.rrc_scale = tuple(rrc.get("scale", (0.08, 1.0)))
-        self.rrc_ratio = tuple(rrc.get("ratio", (3 / 4, 4 / 3)))
-        self.flip = bool(get(aug, "random_horizontal_flip.enable", False))
+        self.channel_order = values.runtime.channel_order
+        rrc = aug.random_resized_crop
+        self.rrc = rrc.enable
+        self.rrc_interp = rrc.interpolation
+        self.rrc_scale = tuple(rrc.scale)
+        self.rrc_ratio = tuple(rrc.ratio)
+        self.flip = aug.random_horizontal_flip.enable
         self.randaugment = None
-        if get(aug, "rand_augment.enable", False):
+        if aug.rand_augment.enable:
             # torchvision defaults (ml-cvnets rand_augment): 2 ops, magnitude 9 of 31 bins
             self.randaugment = RandAugment(num_ops=2, magnitude=9, num_magnitude_bins=31, seed=seed)
         self.erase = None
-        if get(aug, "random_erase.enable", False):
-            p = float(get(aug, "random_erase.p", 0.5))
+        if aug.random_erase.enable:
+            p = aug.random_erase.p
             self.erase = keras.layers.RandomErasing(
                 factor=(p, p), scale=(0.02, 0.33), fill_value=0.0, value_range=(0, 1), seed=seed
             )
@@ -148,25 +149,15 @@ class ClassificationAugment:
 class BatchMix:
     """Mixup / cutmix on a batch (one of the enabled ones, applied with probability p)."""
 
-    def __init__(self, values: dict, seed: int = 0):
+    def __init__(self, values, seed: int = 0):
         import keras
 
-        aug = values.get("image_augmentation", {})
+        aug = training_config(values).image_augmentation
         self.ops = []
-        if get(aug, "mixup.enable", False):
-            self.ops.append(
-                (
-                    keras.layers.MixUp(alpha=float(get(aug, "mixup.alpha", 0.2)), seed=seed),
-                    float(get(aug, "mixup.p", 0.5)),
-                )
-            )
-        if get(aug, "cutmix.enable", False):
-            self.ops.append(
-                (
-                    keras.layers.CutMix(factor=float(get(aug, "cutmix.alpha", 1.0)), seed=seed),
-                    float(get(aug, "cutmix.p", 0.5)),
-                )
-            )
+        if aug.mixup.enable:
+            self.ops.append((keras.layers.MixUp(alpha=aug.mixup.alpha, seed=seed), aug.mixup.p))
+        if aug.cutmix.enable:
+            self.ops.append((keras.layers.CutMix(factor=aug.cutmix.alpha, seed=seed), aug.cutmix.p))
 
     @property
     def enabled(self) -> bool:
@@ -195,13 +186,13 @@ class BatchMix:
         return tf.switch_case(choice, [branch(i) for i in range(len(self.ops))])
 
 
-def eval_sizes(values: dict, image_size: int):
+def eval_sizes(values, image_size: int):
     """``(resize shorter side, crop)`` for evaluation at ``image_size``, keeping the
     recipe's resize/crop ratio (288/256 officially)."""
-    aug = values.get("image_augmentation", {})
-    crop = int(get(aug, "center_crop.size", image_size))
-    short = int(get(aug, "resize.size", crop))
-    if not get(aug, "resize.enable", False):
+    aug = training_config(values).image_augmentation
+    crop = int(image_size if aug.center_crop.size is None else aug.center_crop.size)
+    short = int(crop if aug.resize.size is None else aug.resize.size)
+    if not aug.resize.enable:
         short = crop
     if crop != image_size:
         short = int(round(image_size * short / crop))
@@ -209,11 +200,12 @@ def eval_sizes(values: dict, image_size: int):
     return short, crop
 
 
-def classification_eval_fn(values: dict, image_size: int, num_classes: int):
-    aug = values.get("image_augmentation", {})
-    interp = get(aug, "resize.interpolation", "bilinear")
+def classification_eval_fn(values, image_size: int, num_classes: int):
+    """``example -> (image, one-hot label)``: resize the shorter side, center crop."""
+    values = training_config(values)
+    interp = values.image_augmentation.resize.interpolation
     short, crop = eval_sizes(values, image_size)
-    channel_order = get(values, "runtime.channel_order", "rgb")
+    channel_order = values.runtime.channel_order
 
     def fn(example):
         image = resize_shorter_side(example["image"], short, interp)
@@ -345,62 +337,42 @@ def rotate_pair(image, mask, max_degrees, ignore_index):
 class SegmentationAugment:
     """Per-example training transform ``(example) -> (image [0,1], mask int32)``."""
 
-    def __init__(self, values: dict, crop_hw, ignore_index: int):
-        aug = values.get("image_augmentation", {})
-        self.aug = aug
+    def __init__(self, values, crop_hw, ignore_index: int):
+        values = training_config(values)
+        self.aug = values.image_augmentation
         self.crop_hw = tuple(int(v) for v in crop_hw)
         self.ignore = int(ignore_index)
-        self.channel_order = get(values, "runtime.channel_order", "rgb")
+        self.channel_order = values.runtime.channel_order
 
     def __call__(self, example):
         a = self.aug
         image = tf.cast(example["image"], tf.float32)
         mask = tf.cast(example["mask"], tf.int32)
-        if get(a, "random_short_size_resize.enable", False):
-            image, mask = random_short_side_resize(
-                image,
-                mask,
-                int(get(a, "random_short_size_resize.short_side_min", 256)),
-                int(get(a, "random_short_size_resize.short_side_max", 768)),
-                get(a, "random_short_size_resize.max_img_dim", None),
-                get(a, "random_short_size_resize.interpolation", "bicubic"),
-            )
-        elif get(a, "random_resize.enable", False):
-            image, mask = random_short_side_resize(
-                image,
-                mask,
-                int(get(a, "random_resize.min_size", 256)),
-                int(get(a, "random_resize.max_size", 1024)),
-                None,
-                "bilinear",
-            )
-        if get(a, "random_crop.enable", False):
-            if get(a, "random_crop.resize_if_needed", False):
+        image, mask = self._rescale(image, mask)
+        if a.random_crop.enable:
+            if a.random_crop.resize_if_needed:
                 image, mask = upscale_to_at_least(image, mask, self.crop_hw)
             else:
                 image, mask = pad_to_at_least(image, mask, self.crop_hw, self.ignore)
+            ratio = a.random_crop.seg_class_max_ratio
             image, mask = random_crop_pair(
-                image,
-                mask,
-                self.crop_hw,
-                self.ignore,
-                max_class_ratio=get(a, "random_crop.seg_class_max_ratio", None),
+                image, mask, self.crop_hw, self.ignore, max_class_ratio=ratio
             )
         else:
             image, mask = _resize_pair(image, mask, self.crop_hw, "bilinear")
-        if get(a, "random_horizontal_flip.enable", False):
+        if a.random_horizontal_flip.enable:
             flip = tf.random.uniform([]) < 0.5
             image = tf.cond(flip, lambda: image[:, ::-1, :], lambda: image)
             mask = tf.cond(flip, lambda: mask[:, ::-1], lambda: mask)
-        if get(a, "photo_metric_distort.enable", False):
+        if a.photo_metric_distort.enable:
             image = photometric_distort(image)
-        if get(a, "random_rotate.enable", False):
-            deg = float(get(a, "random_rotate.angle", 10))
+        if a.random_rotate.enable:
+            deg = a.random_rotate.angle
             rot = tf.random.uniform([]) < 0.5
             image, mask = tf.cond(
                 rot, lambda: rotate_pair(image, mask, deg, self.ignore), lambda: (image, mask)
             )
-        if get(a, "random_gaussian_noise.enable", False):
+        if a.random_gaussian_noise.enable:
             noisy = tf.random.uniform([]) < 0.5
             sigma = tf.random.uniform([], 0.0, 0.03) * 255.0
             noise = tf.random.normal(tf.shape(image)) * sigma
@@ -411,10 +383,29 @@ class SegmentationAugment:
         mask = tf.ensure_shape(mask, self.crop_hw)
         return image, mask
 
+    def _rescale(self, image, mask):
+        """The random shorter-side resize of the v2 recipes, or the v1 random resize."""
+        short = self.aug.random_short_size_resize
+        if short.enable:
+            return random_short_side_resize(
+                image,
+                mask,
+                short.short_side_min,
+                short.short_side_max,
+                short.max_img_dim,
+                short.interpolation,
+            )
+        if self.aug.random_resize.enable:
+            r = self.aug.random_resize
+            return random_short_side_resize(image, mask, r.min_size, r.max_size, None, "bilinear")
+        return image, mask
 
-def segmentation_eval_fn(values: dict, eval_hw, ignore_index: int):
-    channel_order = get(values, "runtime.channel_order", "rgb")
-    interp = get(values, "image_augmentation.resize.interpolation", "bilinear")
+
+def segmentation_eval_fn(values, eval_hw, ignore_index: int):
+    """``example -> (image, mask)`` resized to ``eval_hw``."""
+    values = training_config(values)
+    channel_order = values.runtime.channel_order
+    interp = values.image_augmentation.resize.interpolation
     eval_hw = tuple(int(v) for v in eval_hw)
 
     def fn(example):

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import keras
 
+from training.config import training_config
 
-def classification_loss(values: dict):
-    cls = values["loss"]["classification"]
-    smoothing = cls.get("label_smoothing_factor")
-    if smoothing is None:
-        smoothing = cls.get("label_smoothing")
-    if smoothing is None:
-        smoothing = cls.get("cross_entropy", {}).get("label_smoothing", 0.0)
-    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=float(smoothing))
+
+def classification_loss(values):
+    """Cross-entropy on logits with the recipe's label smoothing."""
+    smoothing = training_config(values).loss.classification.smoothing
+    return keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=smoothing)
 
 
 def segmentation_loss(ignore_index: int):

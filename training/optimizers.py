@@ -39,9 +39,9 @@ import re
 import keras
 
 from mvit3_keras import compat
+from training.config import training_config
 
 NO_DECAY_NAMES = ["bias", "gamma", "beta"]
-EMA_WARMUP_DEFAULTS = {"warmup": True, "warmup_gamma": 1.0, "warmup_power": 2.0 / 3.0}
 EMA_RULE = (
     "timm ModelEmaV3 warm-up: decay at step t (0-based) = 0 at t=0, then "
     "min(decay, 1 - (1 + t / warmup_gamma) ** -warmup_power)"
@@ -149,13 +149,13 @@ class CoupledSGD(_RecipeOptimizer, keras.optimizers.SGD):
 WARMUP_MAX_FRACTION = 0.25
 
 
-def warmup_steps(values: dict, total_steps: int) -> int:
+def warmup_steps(values, total_steps: int) -> int:
     """The recipe's ``scheduler.warmup_iterations``, at most a quarter of ``total_steps``."""
-    warmup = int(values["scheduler"].get("warmup_iterations") or 0)
+    warmup = training_config(values).scheduler.warmup_iterations
     return min(warmup, int(max(int(total_steps), 1) * WARMUP_MAX_FRACTION))
 
 
-def learning_rate_schedule(values: dict, total_steps: int):
+def learning_rate_schedule(values, total_steps: int):
     """Warmup + cosine (``keras.optimizers.schedules.CosineDecay``) or a fixed rate.
 
     ml-cvnets: linear warmup from ``warmup_init_lr`` to ``max_lr`` over
@@ -171,18 +171,18 @@ def learning_rate_schedule(values: dict, total_steps: int):
     peak learning rate with no decay at all. The official recipes at their own length
     are unaffected (their warm-up is a small part of the run).
     """
-    sched = values["scheduler"]
-    if sched["name"] == "fixed":
-        return float(sched["fixed"]["lr"])
-    if sched["name"] != "cosine":
-        raise ValueError(f"scheduler.name {sched['name']!r} is not supported (cosine, fixed)")
-    max_lr = float(sched["cosine"]["max_lr"])
-    min_lr = float(sched["cosine"]["min_lr"])
+    values = training_config(values)
+    sched = values.scheduler
+    if sched.name == "fixed":
+        return sched.fixed.lr
+    if sched.name != "cosine":
+        raise ValueError(f"scheduler.name {sched.name!r} is not supported (cosine, fixed)")
+    max_lr, min_lr = sched.cosine.max_lr, sched.cosine.min_lr
     total_steps = max(int(total_steps), 1)
     warmup = warmup_steps(values, total_steps)
     if warmup > 0:
         return keras.optimizers.schedules.CosineDecay(
-            initial_learning_rate=float(sched.get("warmup_init_lr", 0.0)),
+            initial_learning_rate=sched.warmup_init_lr,
             decay_steps=max(total_steps - warmup, 1),
             alpha=min_lr / max_lr,
             warmup_target=max_lr,
@@ -193,39 +193,37 @@ def learning_rate_schedule(values: dict, total_steps: int):
     )
 
 
-def ema_warmup_config(values: dict) -> dict | None:
+def ema_warmup_config(values) -> dict | None:
     """``{"gamma", "power"}`` of the recipe's EMA warm-up (``None``: off)."""
-    ema = {**EMA_WARMUP_DEFAULTS, **values.get("ema", {})}
-    if not ema["warmup"]:
+    ema = training_config(values).ema
+    if not ema.warmup:
         return None
-    return {"gamma": float(ema["warmup_gamma"]), "power": float(ema["warmup_power"])}
+    return {"gamma": ema.warmup_gamma, "power": ema.warmup_power}
 
 
-def make_optimizer(values: dict, total_steps: int, *, lr_multiplier_rules=()):
-    optim = values["optim"]
-    ema = values.get("ema", {})
-    common = values.get("common", {})
+def make_optimizer(values, total_steps: int, *, lr_multiplier_rules=()):
+    """The recipe's optimizer (``optim.name``: AdamW or SGD) with its schedule, decay
+    exclusions, gradient clip and EMA (a :class:`~training.config.TrainingConfig` or
+    its nested dict)."""
+    values = training_config(values)
+    optim = values.optim
     kwargs = {
         "learning_rate": learning_rate_schedule(values, total_steps),
-        "weight_decay": float(optim.get("weight_decay") or 0.0),
-        "use_ema": bool(ema.get("enable", False)),
-        "ema_momentum": 1.0 - float(ema.get("momentum", 0.0005)),
-        "global_clipnorm": common.get("grad_clip") or None,
+        "weight_decay": optim.weight_decay,
+        "use_ema": values.ema.enable,
+        "ema_momentum": 1.0 - values.ema.momentum,
+        "global_clipnorm": values.common.grad_clip or None,
         "lr_multiplier_rules": lr_multiplier_rules,
         "ema_warmup": ema_warmup_config(values),
     }
-    name = optim["name"]
-    if name == "adamw":
+    if optim.name == "adamw":
         opt = LRMultiplierAdamW(
-            beta_1=float(optim["adamw"]["beta1"]),
-            beta_2=float(optim["adamw"]["beta2"]),
-            epsilon=1e-8,
-            **kwargs,
+            beta_1=optim.adamw.beta1, beta_2=optim.adamw.beta2, epsilon=1e-8, **kwargs
         )
-    elif name == "sgd":
-        opt = CoupledSGD(momentum=float(optim["sgd"]["momentum"]), nesterov=False, **kwargs)
+    elif optim.name == "sgd":
+        opt = CoupledSGD(momentum=optim.sgd.momentum, nesterov=False, **kwargs)
     else:
-        raise ValueError(f"optim.name {name!r} is not supported (adamw, sgd)")
-    if optim.get("no_decay_bn_filter_bias"):
+        raise ValueError(f"optim.name {optim.name!r} is not supported (adamw, sgd)")
+    if optim.no_decay_bn_filter_bias:
         opt.exclude_from_weight_decay(var_names=NO_DECAY_NAMES)
     return opt

@@ -16,12 +16,12 @@ import math
 import tensorflow as tf
 
 from training import augment, sampler
-from training.recipes import get
+from training.config import training_config
 
 
 def _options(values):
     options = tf.data.Options()
-    options.deterministic = bool(get(values, "runtime.deterministic", False))
+    options.deterministic = values.runtime.deterministic
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return options
 
@@ -37,10 +37,10 @@ def count_examples(source, split, limit=None):
     return min(n, int(limit)) if limit else n
 
 
-def uses_variable_batch(values: dict) -> bool:
+def uses_variable_batch(values) -> bool:
     """The recipe asks for ml-cvnets' multi-scale ``variable_batch_sampler``
     (``data/sampler/variable_batch_sampler.py``; classification recipes only)."""
-    return get(values, "sampler.name") == "variable_batch_sampler"
+    return training_config(values).sampler.name == "variable_batch_sampler"
 
 
 def train_steps_per_epoch(
@@ -48,10 +48,10 @@ def train_steps_per_epoch(
 ):
     """Optimizer steps per epoch: ``runtime.steps_per_epoch``, else one pass over the
     training split (``variable_batch``: the expected number of multi-scale batches)."""
-    explicit = get(values, "runtime.steps_per_epoch")
-    if explicit:
-        return int(explicit)
-    n = count_examples(source, source.train_split, get(values, "runtime.max_train_examples"))
+    runtime = training_config(values).runtime
+    if runtime.steps_per_epoch:
+        return runtime.steps_per_epoch
+    n = count_examples(source, source.train_split, runtime.max_train_examples)
     if variable_batch:
         pairs = sampler.pairs_from_recipe(values, per_replica_batch, 1, image_size)
         return sampler.expected_batches(n, pairs, replicas)
@@ -63,10 +63,10 @@ def _train_examples(source, values, seed, max_buffer=None):
 
     ``max_buffer`` caps the shuffle buffer (segmentation examples are large)."""
     ds = source.load(source.train_split, shuffle_files=True, seed=seed)
-    ds = _limit(ds, get(values, "runtime.max_train_examples"))
-    if get(values, "runtime.cache", False):
+    ds = _limit(ds, values.runtime.max_train_examples)
+    if values.runtime.cache:
         ds = ds.cache()
-    buffer = int(get(values, "runtime.shuffle_buffer", 10000))
+    buffer = values.runtime.shuffle_buffer
     if max_buffer is not None:
         buffer = min(buffer, max_buffer)
     return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -75,6 +75,7 @@ def _train_examples(source, values, seed, max_buffer=None):
 def classification_train(
     source, values, *, image_size, per_replica_batch, replicas, seed, epoch_offset=0
 ):
+    values = training_config(values)
     ds = _train_examples(source, values, seed + epoch_offset)
     transform = augment.ClassificationAugment(values, source.num_classes, seed=seed)
     if uses_variable_batch(values):
@@ -93,8 +94,9 @@ def classification_train(
 
 
 def classification_eval(source, values, *, image_size, batch_size, split=None, limit=None):
+    values = training_config(values)
     ds = source.load(split or source.val_split, shuffle_files=False)
-    ds = _limit(ds, limit if limit is not None else get(values, "runtime.max_val_examples"))
+    ds = _limit(ds, limit if limit is not None else values.runtime.max_val_examples)
     fn = augment.classification_eval_fn(values, image_size, source.num_classes)
     ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
     return ds.with_options(_options(values)).prefetch(tf.data.AUTOTUNE)
@@ -103,6 +105,7 @@ def classification_eval(source, values, *, image_size, batch_size, split=None, l
 def segmentation_train(
     source, values, *, image_size, per_replica_batch, replicas, seed, epoch_offset=0
 ):
+    values = training_config(values)
     ds = _train_examples(source, values, seed + epoch_offset, max_buffer=2000)
     transform = augment.SegmentationAugment(values, (image_size, image_size), source.ignore_index)
     ds = ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
@@ -111,10 +114,13 @@ def segmentation_train(
 
 
 def segmentation_eval_size(values, image_size):
-    if get(values, "image_augmentation.resize.enable", False):
-        size = get(values, "image_augmentation.resize.size", image_size)
+    """``(h, w)`` of the evaluation resize: the recipe's, scaled to ``image_size``."""
+    values = training_config(values)
+    resize = values.image_augmentation.resize
+    if resize.enable:
+        size = image_size if resize.size is None else resize.size
         size = size if isinstance(size, (list, tuple)) else [size, size]
-        crop = get(values, "sampler.bs.crop_size_height", image_size)
+        crop = values.sampler.bs.crop_size_height
         if image_size != crop:  # keep the recipe's eval/crop ratio (512/512 officially)
             size = [int(math.ceil(s * image_size / crop / 32) * 32) for s in size]
         return tuple(int(s) for s in size)
@@ -122,8 +128,9 @@ def segmentation_eval_size(values, image_size):
 
 
 def segmentation_eval(source, values, *, image_size, batch_size, split=None, limit=None):
+    values = training_config(values)
     ds = source.load(split or source.val_split, shuffle_files=False)
-    ds = _limit(ds, limit if limit is not None else get(values, "runtime.max_val_examples"))
+    ds = _limit(ds, limit if limit is not None else values.runtime.max_val_examples)
     fn = augment.segmentation_eval_fn(
         values, segmentation_eval_size(values, image_size), source.ignore_index
     )

@@ -41,30 +41,53 @@ from typing import Any
 
 from mvit3_keras import specs as S
 from mvit3_keras.registry import get_spec, lookup
+from training.config import TrainingConfig, config_dict, training_config, valid_paths
 
 MICRON = "micronDLA/MobileViTv3@5e3f490"
 CVNETS_V1 = "apple/ml-cvnets@d38a116"
 CVNETS = "apple/ml-cvnets"
 
 # Settings of this package that have no yaml counterpart (same for every recipe).
-RUNTIME_DEFAULTS: dict = {
-    "runtime": {
-        "seed": 0,
-        "steps_per_epoch": None,  # None: one pass over the training split
-        "validation_steps": None,  # None: the whole validation split
-        "max_train_examples": None,  # e.g. for smoke runs on a subset
-        "max_val_examples": None,
-        "shuffle_buffer": 10000,
-        "deterministic": False,  # True: tf.data deterministic order (slower)
-        "channel_order": "rgb",  # the Keras models take RGB (converted checkpoints: rgb_input=True)
-        "cache": False,  # cache the decoded training split in memory
-        "tensorboard": True,
-        "keep_checkpoints": 2,  # backups kept for fault tolerance (>= 2: fallback on corruption)
-        "mixed_precision_on_cpu": False,  # float16 on CPU is slow: off unless asked
-        "verbose": "auto",  # Keras progress bar: 1 = per step, 2 = one line per epoch, auto: 1 on a TTY
-        "jit_compile": False,  # XLA: compiles for minutes on CPU; "auto" lets Keras decide
+RUNTIME_DEFAULTS: dict = {"runtime": config_dict(TrainingConfig())["runtime"]}
+
+
+# -- sections shared by the yamls --------------------------------------------------------
+def _adamw(weight_decay: float, no_decay_bn_filter_bias: bool) -> dict:
+    return {
+        "name": "adamw",
+        "weight_decay": weight_decay,
+        "no_decay_bn_filter_bias": no_decay_bn_filter_bias,
+        "adamw": {"beta1": 0.9, "beta2": 0.999},
     }
-}
+
+
+def _sgd(weight_decay: float) -> dict:
+    return {
+        "name": "sgd",
+        "weight_decay": weight_decay,
+        "no_decay_bn_filter_bias": True,
+        "sgd": {"momentum": 0.9},
+    }
+
+
+def _cosine(max_epochs: int, max_lr: float, min_lr: float, warmup=None, warmup_init_lr=None):
+    sched = {"name": "cosine", "is_iteration_based": False, "max_epochs": max_epochs}
+    if warmup is not None:
+        sched.update(warmup_iterations=warmup, warmup_init_lr=warmup_init_lr)
+    sched["cosine"] = {"max_lr": max_lr, "min_lr": min_lr}
+    return sched
+
+
+def _batch_sampler(size: int) -> dict:
+    return {"name": "batch_sampler", "bs": {"crop_size_width": size, "crop_size_height": size}}
+
+
+def _stats(metric: str) -> dict:
+    return {"checkpoint_metric": metric, "checkpoint_metric_max": True}
+
+
+EMA = {"enable": True, "momentum": 0.0005}
+
 
 # -- classification ---------------------------------------------------------------------
 _V1_CLS = {
@@ -95,23 +118,11 @@ _V1_CLS = {
         "category": "classification",
         "classification": {"name": "label_smoothing", "label_smoothing_factor": 0.1},
     },
-    "optim": {
-        "name": "adamw",
-        "weight_decay": 0.01,
-        "no_decay_bn_filter_bias": False,
-        "adamw": {"beta1": 0.9, "beta2": 0.999},
-    },
-    "scheduler": {
-        "name": "cosine",
-        "is_iteration_based": False,
-        "max_epochs": 300,
-        "warmup_iterations": 3000,
-        "warmup_init_lr": 0.0002,
-        "cosine": {"max_lr": 0.002, "min_lr": 0.0002},
-    },
+    "optim": _adamw(0.01, False),
+    "scheduler": _cosine(300, 0.002, 0.0002, warmup=3000, warmup_init_lr=0.0002),
     "model": {"classification": {"classifier_dropout": 0.1}},
-    "ema": {"enable": True, "momentum": 0.0005},
-    "stats": {"checkpoint_metric": "top1", "checkpoint_metric_max": True},
+    "ema": EMA,
+    "stats": _stats("top1"),
 }
 
 _V2_CLS = {
@@ -127,27 +138,15 @@ _V2_CLS = {
         "resize": {"enable": True, "size": 288, "interpolation": "bicubic"},
         "center_crop": {"enable": True, "size": 256},
     },
-    "sampler": {"name": "batch_sampler", "bs": {"crop_size_width": 256, "crop_size_height": 256}},
+    "sampler": _batch_sampler(256),
     "loss": {
         "category": "classification",
         "classification": {"name": "cross_entropy", "cross_entropy": {"label_smoothing": 0.1}},
     },
-    "optim": {
-        "name": "adamw",
-        "weight_decay": 0.05,
-        "no_decay_bn_filter_bias": True,
-        "adamw": {"beta1": 0.9, "beta2": 0.999},
-    },
-    "scheduler": {
-        "name": "cosine",
-        "is_iteration_based": False,
-        "max_epochs": 300,
-        "warmup_iterations": 20000,
-        "warmup_init_lr": 1.0e-6,
-        "cosine": {"max_lr": 0.002, "min_lr": 0.0002},
-    },
-    "ema": {"enable": True, "momentum": 0.0005},
-    "stats": {"checkpoint_metric": "top1", "checkpoint_metric_max": True},
+    "optim": _adamw(0.05, True),
+    "scheduler": _cosine(300, 0.002, 0.0002, warmup=20000, warmup_init_lr=1.0e-6),
+    "ema": EMA,
+    "stats": _stats("top1"),
 }
 
 _V2_FT384 = {
@@ -159,20 +158,15 @@ _V2_FT384 = {
         "resize": {"enable": True, "size": 384, "interpolation": "bicubic"},
         "center_crop": {"enable": True, "size": 384},
     },
-    "sampler": {"name": "batch_sampler", "bs": {"crop_size_width": 384, "crop_size_height": 384}},
+    "sampler": _batch_sampler(384),
     "loss": {
         "category": "classification",
         "classification": {"name": "cross_entropy", "label_smoothing": 0.1},
     },
-    "optim": {
-        "name": "sgd",
-        "weight_decay": 4.0e-5,
-        "no_decay_bn_filter_bias": True,
-        "sgd": {"momentum": 0.9},
-    },
+    "optim": _sgd(4.0e-5),
     "scheduler": {"name": "fixed", "max_epochs": 10, "fixed": {"lr": 1.0e-3}},
     "ema": {"enable": True, "momentum": 0.00005},
-    "stats": {"checkpoint_metric": "top1", "checkpoint_metric_max": True},
+    "stats": _stats("top1"),
 }
 
 # -- segmentation -------------------------------------------------------------------------
@@ -186,26 +180,14 @@ _V1_VOC = {
         # evaluation size of the PASCAL VOC dataset class (crop size of the sampler)
         "resize": {"enable": True, "size": [512, 512], "interpolation": "bilinear"},
     },
-    "sampler": {"name": "batch_sampler", "bs": {"crop_size_width": 512, "crop_size_height": 512}},
+    "sampler": _batch_sampler(512),
     "loss": {
         "category": "segmentation",
         "ignore_idx": 255,
         "segmentation": {"name": "cross_entropy"},
     },
-    "optim": {
-        "name": "adamw",
-        "weight_decay": 0.01,
-        "no_decay_bn_filter_bias": False,
-        "adamw": {"beta1": 0.9, "beta2": 0.999},
-    },
-    "scheduler": {
-        "name": "cosine",
-        "is_iteration_based": False,
-        "max_epochs": 50,
-        "warmup_iterations": 500,
-        "warmup_init_lr": 0.00009,
-        "cosine": {"max_lr": 0.0009, "min_lr": 1.0e-6},
-    },
+    "optim": _adamw(0.01, False),
+    "scheduler": _cosine(50, 0.0009, 1.0e-6, warmup=500, warmup_init_lr=0.00009),
     "model": {
         "segmentation": {
             "lr_multiplier": 10,
@@ -221,8 +203,8 @@ _V1_VOC = {
             },
         }
     },
-    "ema": {"enable": True, "momentum": 0.0005},
-    "stats": {"checkpoint_metric": "iou", "checkpoint_metric_max": True},
+    "ema": EMA,
+    "stats": _stats("iou"),
 }
 
 _V2_SEG_AUG = {
@@ -253,10 +235,7 @@ def _v2_seg(dataset: str, head: str) -> dict:
         "common": {"mixed_precision": True, "grad_clip": 10.0},
         "dataset": {"train_batch_size0": 4 if ade else 32, "val_batch_size0": 4 if ade else 16},
         "image_augmentation": aug,
-        "sampler": {
-            "name": "batch_sampler",
-            "bs": {"crop_size_width": 512, "crop_size_height": 512},
-        },
+        "sampler": _batch_sampler(512),
         "loss": {
             "category": "segmentation",
             "ignore_idx": -1 if ade else 255,
@@ -270,37 +249,15 @@ def _v2_seg(dataset: str, head: str) -> dict:
                 "use_aux_head": True,
             }
         },
-        "ema": {"enable": True, "momentum": 0.0005},
-        "stats": {"checkpoint_metric": "iou", "checkpoint_metric_max": True},
+        "ema": EMA,
+        "stats": _stats("iou"),
     }
     if ade:
-        recipe["optim"] = {
-            "name": "sgd",
-            "weight_decay": 1.0e-4,
-            "no_decay_bn_filter_bias": True,
-            "sgd": {"momentum": 0.9},
-        }
-        recipe["scheduler"] = {
-            "name": "cosine",
-            "is_iteration_based": False,
-            "max_epochs": 120,
-            "cosine": {"max_lr": 0.02, "min_lr": 0.0002},
-        }
+        recipe["optim"] = _sgd(1.0e-4)
+        recipe["scheduler"] = _cosine(120, 0.02, 0.0002)
     else:
-        recipe["optim"] = {
-            "name": "adamw",
-            "weight_decay": 0.05,
-            "no_decay_bn_filter_bias": True,
-            "adamw": {"beta1": 0.9, "beta2": 0.999},
-        }
-        recipe["scheduler"] = {
-            "name": "cosine",
-            "is_iteration_based": False,
-            "max_epochs": 50,
-            "warmup_iterations": 500,
-            "warmup_init_lr": 0.00005,
-            "cosine": {"max_lr": 0.0005, "min_lr": 1.0e-6},
-        }
+        recipe["optim"] = _adamw(0.05, True)
+        recipe["scheduler"] = _cosine(50, 0.0005, 1.0e-6, warmup=500, warmup_init_lr=0.00005)
     if head == "deeplabv3":
         recipe["model"]["segmentation"]["deeplabv3"] = {
             "aspp_dropout": 0.1,
@@ -327,28 +284,16 @@ _DEMO = {
         "resize": {"enable": True, "size": 32, "interpolation": "bilinear"},
         "center_crop": {"enable": True, "size": 32},
     },
-    "sampler": {"name": "batch_sampler", "bs": {"crop_size_width": 32, "crop_size_height": 32}},
+    "sampler": _batch_sampler(32),
     "loss": {
         "category": "classification",
         "classification": {"name": "cross_entropy", "cross_entropy": {"label_smoothing": 0.1}},
     },
-    "optim": {
-        "name": "adamw",
-        "weight_decay": 0.05,
-        "no_decay_bn_filter_bias": True,
-        "adamw": {"beta1": 0.9, "beta2": 0.999},
-    },
-    "scheduler": {
-        "name": "cosine",
-        "is_iteration_based": False,
-        "max_epochs": 30,
-        "warmup_iterations": 100,
-        "warmup_init_lr": 1.0e-4,
-        "cosine": {"max_lr": 0.003, "min_lr": 0.0001},
-    },
+    "optim": _adamw(0.05, True),
+    "scheduler": _cosine(30, 0.003, 0.0001, warmup=100, warmup_init_lr=1.0e-4),
     "model": {"classification": {"classifier_dropout": 0.1}},
     "ema": {"enable": True, "momentum": 0.01},
-    "stats": {"checkpoint_metric": "top1", "checkpoint_metric_max": True},
+    "stats": _stats("top1"),
 }
 
 _DEMO_SEG = {
@@ -359,26 +304,14 @@ _DEMO_SEG = {
         "random_crop": {"enable": True, "mask_fill": 255, "pad_if_needed": True},
         "resize": {"enable": False},
     },
-    "sampler": {"name": "batch_sampler", "bs": {"crop_size_width": 64, "crop_size_height": 64}},
+    "sampler": _batch_sampler(64),
     "loss": {
         "category": "segmentation",
         "ignore_idx": 255,
         "segmentation": {"name": "cross_entropy"},
     },
-    "optim": {
-        "name": "adamw",
-        "weight_decay": 0.01,
-        "no_decay_bn_filter_bias": True,
-        "adamw": {"beta1": 0.9, "beta2": 0.999},
-    },
-    "scheduler": {
-        "name": "cosine",
-        "is_iteration_based": False,
-        "max_epochs": 30,
-        "warmup_iterations": 50,
-        "warmup_init_lr": 1.0e-4,
-        "cosine": {"max_lr": 0.004, "min_lr": 1.0e-5},
-    },
+    "optim": _adamw(0.01, True),
+    "scheduler": _cosine(30, 0.004, 1.0e-5, warmup=50, warmup_init_lr=1.0e-4),
     "model": {
         "segmentation": {
             "lr_multiplier": 1,
@@ -389,7 +322,7 @@ _DEMO_SEG = {
         }
     },
     "ema": {"enable": False, "momentum": 0.0005},
-    "stats": {"checkpoint_metric": "iou", "checkpoint_metric_max": True},
+    "stats": _stats("iou"),
 }
 
 
@@ -406,7 +339,13 @@ class Recipe:
     values: dict
 
     def to_dict(self) -> dict:
+        """The yaml values (plus this package's runtime settings) as a nested dict."""
         return merge(RUNTIME_DEFAULTS, self.values)
+
+    def config(self, overrides: dict | None = None) -> TrainingConfig:
+        """The typed configuration of the recipe (keys the yaml leaves out take the
+        defaults of :mod:`training.config`), with nested ``overrides`` applied."""
+        return training_config(merge(self.to_dict(), overrides or {}))
 
     def format(self, overrides: dict | None = None) -> str:
         values = merge(self.to_dict(), overrides or {})
@@ -596,11 +535,12 @@ def merge(base: dict, update: dict) -> dict:
 def parse_overrides(items, base: dict | None = None) -> dict:
     """``["optim.weight_decay=0.01", ...]`` -> nested dict (values parsed as JSON).
 
-    With ``base``, every key must already exist in it (typos are errors), except
-    keys under ``image_augmentation.`` / ``model.`` which may add a new option.
+    With ``base`` (the values being overridden), every key must be a key of the typed configuration
+    (:func:`training.config.valid_paths`): a typo is an error that suggests the
+    closest keys. Values are type-checked when the configuration is built.
     """
     nested: dict = {}
-    known = flatten(base) if base is not None else None
+    known = valid_paths() if base is not None else None
     for item in items or ():
         if "=" not in item:
             raise ValueError(
@@ -612,30 +552,16 @@ def parse_overrides(items, base: dict | None = None) -> dict:
             value: Any = json.loads(raw)
         except json.JSONDecodeError:
             value = {"none": None, "true": True, "false": False}.get(raw.lower(), raw)
-        if (
-            known is not None
-            and key not in known
-            and not key.startswith(("image_augmentation.", "model.", "runtime."))
-        ):
-            prefix_ok = any(k.startswith(key + ".") for k in known)
-            if not prefix_ok:
-                close = difflib.get_close_matches(key, list(known), n=3)
-                hint = f" Did you mean {', '.join(close)}?" if close else ""
-                raise ValueError(
-                    f"--set {key}: no such recipe key.{hint} `mvit3 recipes NAME` prints the keys."
-                )
+        section = known is not None and any(k.startswith(key + ".") for k in known)
+        if known is not None and key not in known and not section:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"--set {key}: no such recipe key.{hint} `mvit3 recipes NAME` prints the keys."
+            )
         node = nested
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
     return nested
-
-
-def get(values: dict, key: str, default=None):
-    node: Any = values
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node

@@ -18,6 +18,7 @@ import os
 
 from training import callbacks as cb
 from training import recipes
+from training.config import config_dict, training_config
 from training.tasks import get_task
 
 RUN_FILE = "run.json"
@@ -43,8 +44,17 @@ def run_record(config, recipe, values, image_size, replicas, source) -> dict:
         "init": config.init,
         "num_classes": source.num_classes,
         "replicas": replicas,
-        "values": values,
+        "values": config_dict(training_config(values)),
     }
+
+
+def _comparable_values(values: dict) -> dict:
+    """A recorded run's values with today's defaults filled in (older records hold
+    only the keys their recipe had); unreadable ones are compared as they are."""
+    try:
+        return config_dict(training_config(values))
+    except ValueError:
+        return values
 
 
 def check_run_folder(output: str, record: dict) -> None:
@@ -64,7 +74,7 @@ def check_run_folder(output: str, record: dict) -> None:
     for key in RECORD_KEYS:
         if old.get(key) != record.get(key):
             diffs.append(f"{key}: {old.get(key)!r} -> {record.get(key)!r}")
-    flat_old = recipes.flatten(old.get("values", {}))
+    flat_old = recipes.flatten(_comparable_values(old.get("values", {})))
     flat_new = recipes.flatten(record["values"])
     for key in sorted(set(flat_old) | set(flat_new)):
         if key in RESUME_FREE_KEYS:
@@ -154,7 +164,7 @@ def load_run_model(target, weights, dataset, image_size, opened):
     if weights not in ("ema", "raw", "best"):
         raise ValueError(f"--weights must be ema, raw or best, got {weights!r}")
     run = read_run_record(target)
-    values, task = run["values"], get_task(run["task"])
+    values, task = training_config(run["values"]), get_task(run["task"])
     image_size = image_size or run["image_size"]
     dataset = dataset or run["dataset"]
     source = task.open_dataset(dataset, image_size=image_size, **opened)

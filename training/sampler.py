@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from mvit3_keras.specs import make_divisible
+from training.config import training_config
 
 
 def image_batch_pairs(
@@ -61,25 +62,27 @@ def image_batch_pairs(
 
 
 def pairs_from_recipe(
-    values: dict, batch_size: int | None = None, n_gpus: int = 1, base_size: int | None = None
+    values, batch_size: int | None = None, n_gpus: int = 1, base_size: int | None = None
 ) -> list:
-    vbs = values["sampler"]["vbs"]
-    bs = int(batch_size or values["dataset"]["train_batch_size0"])
-    base_w = int(base_size or vbs["crop_size_width"])
-    base_h = int(base_size or vbs["crop_size_height"])
-    lo_w, hi_w = vbs["min_crop_size_width"], vbs["max_crop_size_width"]
-    lo_h, hi_h = vbs["min_crop_size_height"], vbs["max_crop_size_height"]
-    if base_size is not None and base_size != vbs["crop_size_width"]:
+    """The ``(crop_h, crop_w, batch)`` scales of the recipe's ``sampler.vbs``."""
+    values = training_config(values)
+    vbs = values.sampler.vbs
+    bs = int(batch_size or values.dataset.train_batch_size0)
+    base_w = int(base_size or vbs.crop_size_width)
+    base_h = int(base_size or vbs.crop_size_height)
+    lo_w, hi_w = vbs.min_crop_size_width, vbs.max_crop_size_width
+    lo_h, hi_h = vbs.min_crop_size_height, vbs.max_crop_size_height
+    if base_size is not None and base_size != vbs.crop_size_width:
         # keep the official range relative to the base size (160..320 around 256)
-        f = base_size / vbs["crop_size_width"]
+        f = base_size / vbs.crop_size_width
         lo_w, hi_w, lo_h, hi_h = (int(round(v * f)) for v in (lo_w, hi_w, lo_h, hi_h))
     return image_batch_pairs(
         crop_size_w=base_w,
         crop_size_h=base_h,
         batch_size_gpu0=bs,
         n_gpus=n_gpus,
-        max_scales=int(vbs["max_n_scales"]),
-        check_scale_div_factor=int(vbs["check_scale"]),
+        max_scales=vbs.max_n_scales,
+        check_scale_div_factor=vbs.check_scale,
         min_crop_size_w=int(lo_w),
         max_crop_size_w=int(hi_w),
         min_crop_size_h=int(lo_h),

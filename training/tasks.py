@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 
 from training import recipes
-from training.recipes import get
+from training.config import TrainingConfig, replace_path, training_config
 
 # training.pipeline / losses / metrics (TensorFlow, Keras) are imported where used: the
 # task names are read when the ``mvit3`` parser is built
@@ -47,10 +47,11 @@ class Task:
         return "val_" + self.metric
 
     # ---------------------------------------------------------------- configuration
-    def apply_options(self, values: dict, *, head=None) -> None:
-        """Apply command-line options that only this task has (``--head``)."""
+    def apply_options(self, values: TrainingConfig, *, head=None) -> TrainingConfig:
+        """``values`` with the command-line options that only this task has (``--head``)."""
         if head is not None:
             raise ValueError(f"--head is for --task segmentation (this is --task {self.name})")
+        return values
 
     def check_image_size(self, image_size: int) -> None:
         """Raise when ``image_size`` cannot be trained by this task."""
@@ -229,13 +230,12 @@ class Task:
         result = model.evaluate(ds, verbose=0, return_dict=True, callbacks=callbacks)
         return {k: float(v) for k, v in result.items()}
 
-    def eval_values(self) -> dict:
+    def eval_values(self) -> TrainingConfig:
         """Recipe values for evaluating a bare ``.keras`` file: the task's evaluation
         transform without the resize / center crop (the model fixes the size)."""
-        values = recipes.get_recipe(self.eval_recipe).to_dict()
-        values["image_augmentation"]["resize"] = {"enable": False}
-        values["image_augmentation"]["center_crop"] = {"enable": False}
-        return values
+        values = recipes.get_recipe(self.eval_recipe).config()
+        values = replace_path(values, "image_augmentation.resize.enable", False)
+        return replace_path(values, "image_augmentation.center_crop.enable", False)
 
 
 class ClassificationTask(Task):
@@ -249,7 +249,7 @@ class ClassificationTask(Task):
     def model_builder(self, model_name, values, source, dataset):
         import mvit3_keras as m
 
-        dropout = get(values, "model.classification.classifier_dropout")
+        dropout = training_config(values).model.classification.classifier_dropout
 
         def build(input_shape):
             return m.create_model(
@@ -315,10 +315,10 @@ class SegmentationTask(Task):
 
     def apply_options(self, values, *, head=None):
         if head is None:
-            return
+            return values
         if head not in self.HEADS:
             raise ValueError(f"--head must be {' or '.join(self.HEADS)}, got {head!r}")
-        values["model"]["segmentation"]["seg_head"] = head
+        return replace_path(values, "model.segmentation.seg_head", head)
 
     def check_image_size(self, image_size):
         if int(image_size) % 32:
@@ -387,43 +387,42 @@ class SegmentationTask(Task):
     def lr_multiplier_rules(self, values):
         """The head learns ``model.segmentation.lr_multiplier`` x faster (ml-cvnets
         ``cvnets/models/segmentation/base_seg.py`` ``get_trainable_parameters``)."""
-        mult = float(get(values, "model.segmentation.lr_multiplier", 1) or 1)
+        mult = training_config(values).model.segmentation.lr_multiplier or 1.0
         return ((r"^(?!encoder\.)", mult),) if mult != 1.0 else ()
 
 
-def segmenter_options(values: dict, source, dataset: str) -> dict:
+def segmenter_options(values, source, dataset: str) -> dict:
     """Keyword arguments of :func:`mvit3_keras.segmentation.create_segmenter` from the
-    recipe's ``model.segmentation`` section (ml-cvnets option names)."""
-    seg = get(values, "model.segmentation", {})
-    head = seg.get("seg_head", "deeplabv3")
+    recipe's ``model.segmentation`` section (ml-cvnets option names); head options the
+    recipe leaves out take the segmenter preset's values."""
+    values = training_config(values)
+    seg = values.model.segmentation
     ignore_index = source.ignore_index
     kwargs = dict(
-        head=head,
+        head=seg.seg_head,
         preset="ade20k" if ignore_index == -1 or "ade" in dataset else "pascal_voc",
         num_classes=source.num_classes,
-        output_stride=int(seg.get("output_stride", 16)),
-        aux_head=bool(seg.get("use_aux_head", False)),
-        aux_loss_weight=float(get(values, "loss.segmentation.cross_entropy.aux_weight", 0.4)),
+        output_stride=seg.output_stride,
+        aux_head=seg.use_aux_head,
+        aux_loss_weight=values.loss.segmentation.cross_entropy.aux_weight,
+        classifier_dropout=seg.classifier_dropout,
     )
-    if head == "deeplabv3" and "deeplabv3" in seg:
-        d = seg["deeplabv3"]
+    if seg.seg_head == "deeplabv3":
+        d = seg.deeplabv3
         kwargs.update(
-            aspp_channels=int(d.get("aspp_out_channels", 256)),
-            aspp_rates=tuple(int(r) for r in d.get("aspp_rates", (6, 12, 18))),
-            aspp_dropout=float(d.get("aspp_dropout", 0.1)),
+            aspp_channels=d.aspp_out_channels,
+            aspp_rates=d.aspp_rates,
+            aspp_dropout=d.aspp_dropout,
+            aspp_separable=d.aspp_sep_conv,
         )
-        if "aspp_sep_conv" in d:
-            kwargs["aspp_separable"] = bool(d["aspp_sep_conv"])
-    if head == "pspnet" and "pspnet" in seg:
-        p = seg["pspnet"]
+    if seg.seg_head == "pspnet":
+        p = seg.pspnet
         kwargs.update(
-            psp_channels=int(p.get("psp_out_channels", 512)),
-            psp_pool_sizes=tuple(int(s) for s in p.get("psp_pool_sizes", (1, 2, 3, 6))),
-            psp_dropout=float(p.get("psp_dropout", 0.1)),
+            psp_channels=p.psp_out_channels,
+            psp_pool_sizes=p.psp_pool_sizes,
+            psp_dropout=p.psp_dropout,
         )
-    if "classifier_dropout" in seg:
-        kwargs["classifier_dropout"] = float(seg["classifier_dropout"])
-    return kwargs
+    return {key: value for key, value in kwargs.items() if value is not None}
 
 
 # ---------------------------------------------------------------------------------------

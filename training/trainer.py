@@ -51,7 +51,7 @@ from typing import Optional
 
 from training import callbacks as cb
 from training import distribute, optimizers, recipes
-from training.recipes import get
+from training.config import TrainingConfig, replace_path, training_config
 from training.run_folder import (
     LABELS_FILE,
     RUN_FILE,
@@ -85,7 +85,8 @@ class TrainConfig:
 # configuration
 # ---------------------------------------------------------------------------------------
 def resolve(config: TrainConfig, values_update: dict | None = None, check_model: bool = True):
-    """``(recipe, values, image_size)`` with every override applied and checked.
+    """``(recipe, values, image_size)`` with every override applied and checked;
+    ``values`` is the typed :class:`training.config.TrainingConfig` of the run.
 
     ``values_update``: recipe values merged over the overrides (e.g. the QAT fine-tuning
     schedule); ``check_model=False``: ``config.model`` need not be a registered variant
@@ -104,20 +105,14 @@ def resolve(config: TrainConfig, values_update: dict | None = None, check_model:
             f"pick one of: {', '.join(recipes.list_recipes(task.name))}"
         )
     values = recipe.to_dict()
-    # the EMA warm-up (training.optimizers) is recorded with the recipe's values
-    values["ema"] = {**optimizers.EMA_WARMUP_DEFAULTS, **values.get("ema", {})}
-    values = recipes.merge(values, recipes.parse_overrides(config.overrides, values))
-    values = recipes.merge(values, values_update or {})
+    values = recipes.merge(values, recipes.parse_overrides(config.overrides, base=values))
+    values = training_config(recipes.merge(values, values_update or {}))
     if config.epochs is not None:
-        values["scheduler"]["max_epochs"] = int(config.epochs)
+        values = replace_path(values, "scheduler.max_epochs", int(config.epochs))
     if config.batch_size is not None:
-        values["dataset"]["train_batch_size0"] = int(config.batch_size)
-    task.apply_options(values, head=config.head)
-    image_size = config.image_size
-    if image_size is None:
-        image_size = int(
-            get(values, "sampler.vbs.crop_size_width") or get(values, "sampler.bs.crop_size_width")
-        )
+        values = replace_path(values, "dataset.train_batch_size0", int(config.batch_size))
+    values = task.apply_options(values, head=config.head)
+    image_size = values.sampler.crop_size if config.image_size is None else config.image_size
     if int(image_size) < 32:
         raise ValueError(
             f"--image-size {image_size} is too small: MobileViT downsamples by 32 (five stride-2 "
@@ -125,23 +120,23 @@ def resolve(config: TrainConfig, values_update: dict | None = None, check_model:
             "segmentation)"
         )
     task.check_image_size(int(image_size))
-    if int(values["scheduler"]["max_epochs"]) < 1:
+    if values.scheduler.max_epochs < 1:
         raise ValueError("--epochs must be at least 1")
     return recipe, values, int(image_size)
 
 
-def mixed_precision(values) -> str | None:
+def mixed_precision(values: TrainingConfig) -> str | None:
     """Set the global mixed-precision policy the recipe asks for on this hardware."""
     import keras
     import tensorflow as tf
 
-    if not get(values, "common.mixed_precision", False):
+    if not values.common.mixed_precision:
         return None
     if tf.config.list_logical_devices("TPU"):
         policy = "mixed_bfloat16"
     elif tf.config.list_logical_devices("GPU"):
         policy = "mixed_float16"
-    elif get(values, "runtime.mixed_precision_on_cpu", False):
+    elif values.runtime.mixed_precision_on_cpu:
         policy = "mixed_bfloat16"
     else:
         return None
@@ -155,7 +150,7 @@ def compile_model(model, values, *, task, source, total_steps):
     optimizer = optimizers.make_optimizer(
         values, total_steps, lr_multiplier_rules=task.lr_multiplier_rules(values)
     )
-    jit = get(values, "runtime.jit_compile", False)
+    jit = values.runtime.jit_compile
     task.compile(model, values, source, optimizer=optimizer, jit_compile=jit)
     return optimizer
 
@@ -169,13 +164,13 @@ def has_tensorboard() -> bool:
     return True
 
 
-def keras_verbose(config: TrainConfig, values: dict) -> int:
+def keras_verbose(config: TrainConfig, values: TrainingConfig) -> int:
     """Keras' progress output: ``--verbose`` -> its progress bar (one line per epoch
     when not on a terminal); ``runtime.verbose`` 1 or 2 -> that; else 0 (our one line per
     epoch, :class:`training.callbacks.EpochLine`)."""
     if config.verbose:
         return 1 if sys.stdout.isatty() else 2
-    wanted = get(values, "runtime.verbose", "auto")
+    wanted = values.runtime.verbose
     return int(wanted) if wanted in (1, 2, "1", "2") else 0
 
 
@@ -189,7 +184,7 @@ class Run:
     config: TrainConfig
     task: object
     recipe: object
-    values: dict
+    values: TrainingConfig
     image_size: int
     strategy: object
     replicas: int
@@ -256,9 +251,7 @@ class Trainer:
         state = cb.read_backup_state(backup_dir)  # raises a clear error when unreadable
         self._plan(run, state)
         model, init_report = self._model(run, from_init=state is None)
-        backup = cb.AtomicBackupAndRestore(
-            backup_dir, keep=int(get(run.values, "runtime.keep_checkpoints", 2))
-        )
+        backup = cb.AtomicBackupAndRestore(backup_dir, keep=run.values.runtime.keep_checkpoints)
         backup.set_model(model)
         with run.strategy.scope():
             run.initial_epoch = backup.restore()
@@ -277,7 +270,7 @@ class Trainer:
             initial_epoch=run.initial_epoch,
             steps_per_epoch=run.steps,
             validation_data=val_ds,
-            validation_steps=get(run.values, "runtime.validation_steps"),
+            validation_steps=run.values.runtime.validation_steps,
             callbacks=callbacks,
             verbose=verbose,
             shuffle=False,  # the tf.data pipeline shuffles
@@ -292,7 +285,7 @@ class Trainer:
         recipe, values, image_size = resolve(
             config, self.values_update, check_model=self.build_model is None
         )
-        strategy = distribute.make_strategy(config.strategy, get(values, "runtime.tpu"))
+        strategy = distribute.make_strategy(config.strategy, values.runtime.tpu)
         replicas = int(strategy.num_replicas_in_sync)
         chief = distribute.is_chief(strategy)
         output = config.output or os.path.join(
@@ -342,11 +335,10 @@ class Trainer:
         import keras
 
         values = run.values
-        seed = int(get(values, "runtime.seed", 0))
-        keras.utils.set_random_seed(seed + (int(state["epoch"]) if state else 0))
+        keras.utils.set_random_seed(values.runtime.seed + (int(state["epoch"]) if state else 0))
         run.policy = mixed_precision(values)
-        run.epochs = int(values["scheduler"]["max_epochs"])
-        run.per_replica = int(values["dataset"]["train_batch_size0"])
+        run.epochs = values.scheduler.max_epochs
+        run.per_replica = values.dataset.train_batch_size0
         run.steps = self.task.steps_per_epoch(
             values,
             run.source,
@@ -381,7 +373,7 @@ class Trainer:
                     model,
                     config.init,
                     num_classes=source.num_classes,
-                    reset_head=bool(get(values, "runtime.init_reset_head", False)),
+                    reset_head=values.runtime.init_reset_head,
                 )
             compile_model(
                 model, values, task=self.task, source=source, total_steps=run.steps * run.epochs
@@ -419,11 +411,11 @@ class Trainer:
             training=True,
             batch_size=run.per_replica,
             replicas=run.replicas,
-            seed=int(get(values, "runtime.seed", 0)),
+            seed=values.runtime.seed,
             epoch_offset=run.initial_epoch,
             **common,
         )
-        val_batch = int(values["dataset"].get("val_batch_size0", run.per_replica)) * run.replicas
+        val_batch = values.dataset.val_batch_size0 * run.replicas
         val_ds = self.task.build_inputs(
             run.source, values, training=False, batch_size=val_batch, **common
         )
@@ -437,23 +429,23 @@ class Trainer:
         import keras
 
         values, monitor = run.values, self.task.monitor
-        use_ema = bool(get(values, "ema.enable", False))
+        use_ema = values.ema.enable
         history_csv = run.file("history.csv")
         cb.repair_csv(history_csv, run.initial_epoch)
         candidates = {"ema": monitor, "raw": monitor + "_raw"} if use_ema else {"raw": monitor}
         best = cb.BestCheckpoint(run.file("best.keras"), export_to, candidates, write=run.chief)
         callbacks = [cb.EpochStats()]
         if use_ema:
-            callbacks.append(cb.EMAEvaluation(val_ds, get(values, "runtime.validation_steps")))
+            callbacks.append(cb.EMAEvaluation(val_ds, values.runtime.validation_steps))
         callbacks += [keras.callbacks.CSVLogger(history_csv, append=True), backup, best]
-        if get(values, "runtime.tensorboard", True) and has_tensorboard():
+        if values.runtime.tensorboard and has_tensorboard():
             callbacks.append(
                 keras.callbacks.TensorBoard(
                     run.file("logs"), write_graph=False, update_freq="epoch"
                 )
             )
         verbose = keras_verbose(run.config, values)
-        if verbose == 0 and run.chief and get(values, "runtime.verbose", "auto") != 0:
+        if verbose == 0 and run.chief and values.runtime.verbose != 0:
             line = cb.EpochLine(run.epochs, run.steps, self.task.metric)
             line.best = best
             callbacks.append(line)
@@ -509,7 +501,7 @@ def final_metrics(run: Run, model, val_ds, rows, use_ema):
     last = rows[-1] if rows and int(rows[-1]["epoch"]) == run.epochs - 1 else {}
     final = {k[4:]: v for k, v in last.items() if k.startswith("val_") and not k.endswith("_raw")}
     final_raw = {k[4:-4]: v for k, v in last.items() if k.startswith("val_") and k.endswith("_raw")}
-    steps = get(run.values, "runtime.validation_steps")
+    steps = run.values.runtime.validation_steps
     if not final:  # e.g. a history lost with its folder: evaluate (the model holds `which`)
         result = model.evaluate(val_ds, steps=steps, verbose=0, return_dict=True)
         final = {k: float(v) for k, v in result.items()}
@@ -522,9 +514,8 @@ def ema_summary(run: Run, use_ema: bool) -> dict:
     """The EMA rule of the run, for ``summary.json``."""
     ema = {"enable": use_ema}
     if use_ema:
-        values = run.values
-        decay = 1.0 - float(get(values, "ema.momentum", 0.0005))
-        warmup = optimizers.ema_warmup_config(values)
+        decay = 1.0 - run.values.ema.momentum
+        warmup = optimizers.ema_warmup_config(run.values)
         last_step = run.epochs * run.steps - 1
         ema.update(
             decay=decay,

@@ -28,7 +28,7 @@ def demo_eval_arrays(image_size: int = DEMO_IMAGE_SIZE, split: str = "validation
     from training import augment, recipes
     from training.datasets.demo import digits_source
 
-    values = recipes.get_recipe("demo").to_dict()
+    values = recipes.get_recipe("demo").config()
     source = digits_source()
     fn = augment.classification_eval_fn(values, image_size, source.num_classes)
     ds = source.load("train" if split == "train" else "validation").map(fn).batch(512)

@@ -177,17 +177,9 @@ class QuantConv(keras.layers.Layer):
         inner = self.inner
         if self.layer_class == "Dense":
             y = self._dense_as_conv(x, kernel)
-        elif self.layer_class == "Conv2D":
-            y = ops.conv(
-                x,
-                kernel,
-                strides=inner.strides,
-                padding=inner.padding,
-                data_format=inner.data_format,
-                dilation_rate=inner.dilation_rate,
-            )
         else:
-            y = ops.depthwise_conv(
+            convolve = ops.conv if self.layer_class == "Conv2D" else ops.depthwise_conv
+            y = convolve(
                 x,
                 kernel,
                 strides=inner.strides,
@@ -388,10 +380,9 @@ class QuantNormalization(_QuantizedTwin, NormalizationExport):
         return quantize_constant(weight, bake=getattr(self, "bake", False) and not training)
 
 
-@keras.saving.register_keras_serializable(package="mvit3_keras")
-class QuantMultiHeadSelfAttention(_QuantizedTwin, MultiHeadSelfAttention):
-    """v1-family attention core with quantized q-scaling, scores, softmax, output
-    (``float_core``: only the output is quantized; matmuls and softmax run in float)."""
+class _QuantizedAttention(_QuantizedTwin):
+    """An attention core's twin: the float layer's build, then its quantizers
+    (``build_quantizers``); ``float_core`` leaves the inner products in float."""
 
     def __init__(self, ema_decay: float = 0.999, float_core: bool = False, **kwargs):
         super().__init__(**kwargs)
@@ -400,6 +391,15 @@ class QuantMultiHeadSelfAttention(_QuantizedTwin, MultiHeadSelfAttention):
     def build(self, input_shape):
         require_float32_policy(self)
         super().build(input_shape)
+        self.build_quantizers()
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantMultiHeadSelfAttention(_QuantizedAttention, MultiHeadSelfAttention):
+    """v1-family attention core with quantized q-scaling, scores, softmax, output
+    (``float_core``: only the output is quantized; matmuls and softmax run in float)."""
+
+    def build_quantizers(self):
         self.output_quantizer = _built_quantizer("output_quantizer", self.ema_decay)
         self.query_quantizer = self.scores_quantizer = self.softmax_quantizer = None
         if not self.float_core:
@@ -415,17 +415,11 @@ class QuantMultiHeadSelfAttention(_QuantizedTwin, MultiHeadSelfAttention):
 
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
-class QuantLinearSelfAttention(_QuantizedTwin, LinearSelfAttention):
+class QuantLinearSelfAttention(_QuantizedAttention, LinearSelfAttention):
     """v2-family separable attention with every product / sum quantized
     (``float_core``: softmax and the weighted sum over patches run in float)."""
 
-    def __init__(self, ema_decay: float = 0.999, float_core: bool = False, **kwargs):
-        super().__init__(**kwargs)
-        self._init_twin(ema_decay, float_core)
-
-    def build(self, input_shape):
-        require_float32_policy(self)
-        super().build(input_shape)
+    def build_quantizers(self):
         self.softmax_quantizer = ActivationQuantizer(
             fixed_range=UNIT_INTERVAL_RANGE, name="softmax_quantizer"
         )
