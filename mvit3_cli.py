@@ -8,6 +8,15 @@ quantization (``quantization.commands``) and the examples (``mvit3_examples.comm
 Only this module knows all of them: the library packages depend one way
 (``mvit3_keras`` <- ``training`` <- ``quantization``) and never import their consumers.
 
+One grammar for every command: ``mvit3 COMMAND SUBJECT [--option VALUE ...]``. The
+thing a command acts on is positional (``train MODEL``, ``evaluate RUN_OR_MODEL``,
+``export MODEL.keras``, ``qat MODEL.keras``, ``benchmark FILE.tflite ...``, ``macs
+NAME``); the flags several commands share (``--dataset``, ``--split``, ``--task``,
+``--image-size H [W]``, ``--batch-size``, ``--output``, ``--threads``, ``--json FILE``,
+``--data-dir``) are defined once, in :mod:`mvit3_keras.cli_args`. Values are checked
+while parsing, once: a bad one ends in ``mvit3 COMMAND: error: argument --FLAG: ...``
+and exit code 2.
+
 TensorFlow, the TFLite converter and LiteRT print start-up and conversion
 notices from C++ (before Python logging exists, so Python cannot silence them)
 and from Python (absl, ``tf.function`` retracing notes, deprecations). The ones
@@ -127,7 +136,8 @@ def framework_output(verbose: bool = False):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``mvit3`` parser with the sub-commands of every module of :data:`COMMAND_MODULES`."""
+    """The ``mvit3`` parser with the sub-commands of every module of :data:`COMMAND_MODULES`;
+    ``parser.commands``: ``{name: the sub-command's parser}``."""
     parser = argparse.ArgumentParser(
         prog="mvit3",
         description="MobileViTv3 for edge devices: models, official weights, training, int8 export.",
@@ -138,10 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="show every framework log and warning (the `mvit3` command hides known-harmless "
         "ones; see mvit3_cli.py)",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+    )
     sub.required = True
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).register(sub)
+    parser.commands = dict(sub.choices)
     return parser
 
 
@@ -168,15 +182,23 @@ def dispatch(argv=None) -> int:
 
 def main(argv=None) -> int:
     """``mvit3 [--verbose] COMMAND ...``: :func:`dispatch` behind the output filter,
-    with the progress lines of the ``"mvit3"`` logger on stdout."""
+    with the progress lines of the ``"mvit3"`` logger on stdout (for this call only: a
+    second call in the same process neither repeats the lines nor writes to the first
+    call's stdout)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     with framework_output(verbose="--verbose" in argv):  # known before parsing: imports print
         from mvit3_keras.progress import ProgressHandler, logger
 
-        logger.addHandler(ProgressHandler())
+        handler, saved = ProgressHandler(), (logger.level, logger.propagate)
+        logger.addHandler(handler)
         logger.setLevel(logging.INFO)
         logger.propagate = False  # absl's root handler would print every record again
-        return dispatch(argv)
+        try:
+            return dispatch(argv)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(saved[0])
+            logger.propagate = saved[1]
 
 
 def _quiet_python_loggers():

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from mvit3_keras import cli_args
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("list", help="list the registered variants (params, MACs, top-1)")
@@ -16,7 +18,7 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("macs", help="count MACs (official profiler rules and real)")
     p.add_argument("name")
-    p.add_argument("--image-size", type=int, nargs="+", default=[256], metavar="N")
+    cli_args.add_image_size(p, default=(256, 256), default_text="256")
     p.set_defaults(handler=_cmd_macs)
 
     p = subparsers.add_parser(
@@ -27,13 +29,8 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help=".pt/.pth (as released), or .npz")
     p.add_argument("output", help="OUTPUT.keras (whole model) or OUTPUT.weights.h5")
     p.add_argument("--num-classes", type=int, default=None, help="default: from the checkpoint")
-    p.add_argument(
-        "--image-size",
-        type=int,
-        nargs="+",
-        default=[256],
-        metavar="N",
-        help="input size H [W] of the saved model (default 256)",
+    cli_args.add_image_size(
+        p, default=(256, 256), default_text="256", use="input size of the saved model"
     )
     p.add_argument(
         "--bgr-input",
@@ -46,14 +43,6 @@ def register(subparsers) -> None:
         help="load matching weights only instead of failing on any mismatch",
     )
     p.set_defaults(handler=_cmd_convert)
-
-
-def _image_shape(sizes):
-    if len(sizes) not in (1, 2):
-        raise ValueError("--image-size takes one or two numbers (H [W])")
-    h = sizes[0]
-    w = sizes[-1]
-    return (h, w, 3)
 
 
 def _cmd_list(args) -> int:
@@ -70,7 +59,7 @@ def _cmd_macs(args) -> int:
     from mvit3_keras.macs import count_macs
     from mvit3_keras.summary import count_params
 
-    shape = _image_shape(args.image_size)
+    shape = (*args.image_size, 3)
     model = create_model(args.name, input_shape=shape)
     macs = count_macs(model)
     print(
@@ -88,7 +77,7 @@ def _cmd_convert(args) -> int:
         args.checkpoint,
         args.output,
         num_classes=args.num_classes,
-        input_shape=_image_shape(args.image_size),
+        input_shape=(*args.image_size, 3),
         rgb_input=not args.bgr_input,
         strict=not args.no_strict,
     )

@@ -7,19 +7,19 @@ from __future__ import annotations
 import json
 import os
 
+from mvit3_keras import cli_args
 from quantization.export_options import FLOAT_ISLANDS, QUANT_TYPES, TARGETS, parse_keep_float
 from quantization.qat_config import TARGETS as QAT_TARGETS
+from training.tasks import task_names
 
 
-def _add_data_args(p, *, split_default: str, what: str) -> None:
-    p.add_argument(
-        "--dataset",
-        default=None,
-        help=f"{what}: TFDS name, image folder or 'demo' (the training input pipeline)",
-    )
-    p.add_argument(
-        "--split", default=split_default, help=f"dataset split (default {split_default})"
-    )
+def _add_data_args(p, *, use: str, required: bool, split_default: str | None) -> None:
+    """The data flags of the commands that read a dataset through a training recipe's
+    evaluation transform (``split_default`` None: no ``--split``, the command reads the
+    dataset's own train and validation splits)."""
+    cli_args.add_dataset(p, use=use, required=required)
+    if split_default is not None:
+        cli_args.add_split(p, default=split_default)
     p.add_argument(
         "--recipe",
         default=None,
@@ -29,15 +29,13 @@ def _add_data_args(p, *, split_default: str, what: str) -> None:
     p.add_argument(
         "--model-name",
         default=None,
+        metavar="MODEL",
         help="variant name, to pick the default recipe (default: the one the .keras file records)",
     )
-    p.add_argument(
-        "--task",
-        default=None,
-        choices=("classification", "segmentation"),
-        help="default: the task the .keras file records, else classification",
+    cli_args.add_task(
+        p, choices=task_names(), default_text="what the .keras file records, else classification"
     )
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
+    cli_args.add_data_dirs(p, manual_dir=False)
 
 
 def _add_export_parser(subparsers) -> None:
@@ -45,8 +43,10 @@ def _add_export_parser(subparsers) -> None:
         "export",
         help="export a .keras model to a checked, verified .tflite (fp32 ... int8, QAT)",
     )
-    p.add_argument("model", help="MODEL.keras (float, or a QAT model from `mvit3 qat`)")
-    p.add_argument("--output", required=True, help="FILE.tflite")
+    p.add_argument(
+        "model", metavar="MODEL.keras", help="float model, or a QAT model from `mvit3 qat`"
+    )
+    cli_args.add_output(p, metavar="FILE.tflite", use="the .tflite to write", required=True)
     p.add_argument(
         "--labels",
         default=None,
@@ -75,16 +75,9 @@ def _add_export_parser(subparsers) -> None:
         help="calibrate on a folder of JPEG / PNG images (any size; the model's evaluation "
         "transform resizes them), instead of --dataset",
     )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="static input size H [W] (default: the model's)",
-    )
-    p.add_argument("--batch-size", type=int, default=1, help="static batch (default 1)")
-    p.add_argument("--calibration-samples", type=int, default=200)
+    cli_args.add_image_size(p, use="static input size", default_text="the model's")
+    cli_args.add_batch_size(p, default=1, use="static batch of the .tflite")
+    _add_calibration_samples(p, default=200)
     p.add_argument(
         "--keep-float",
         default=None,
@@ -96,8 +89,8 @@ def _add_export_parser(subparsers) -> None:
         action="store_true",
         help="skip running the file in a separate LiteRT process",
     )
-    p.add_argument("--json", default=None, metavar="FILE", help="write the export report")
-    _add_data_args(p, split_default="train", what="calibration data")
+    cli_args.add_json_file(p, what="the export report")
+    _add_data_args(p, use="calibration data", required=False, split_default="train")
     p.set_defaults(handler=_cmd_export)
 
 
@@ -106,18 +99,24 @@ def _add_evaluate_parser(subparsers) -> None:
         "evaluate-tflite",
         help="accuracy of a .tflite in LiteRT side by side with the float Keras model",
     )
-    p.add_argument("tflite", help="FILE.tflite")
+    p.add_argument("tflite", metavar="FILE.tflite", help="the model to evaluate")
     p.add_argument(
         "--keras",
         default=None,
         metavar="MODEL.keras",
         help="the float (or QAT) Keras model to compare with",
     )
-    p.add_argument("--limit", type=int, default=None, help="evaluate on the first N images")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--limit",
+        type=cli_args.positive_int,
+        default=None,
+        metavar="N",
+        help="evaluate on the first N images",
+    )
+    cli_args.add_threads(p)
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation ignore label")
-    p.add_argument("--json", default=None, metavar="FILE")
-    _add_data_args(p, split_default="validation", what="evaluation data")
+    cli_args.add_json_file(p, what="the evaluation")
+    _add_data_args(p, use="evaluation data", required=True, split_default="validation")
     p.set_defaults(handler=_cmd_evaluate)
 
 
@@ -126,28 +125,50 @@ def _add_file_tool_parsers(subparsers) -> None:
     p = subparsers.add_parser(
         "benchmark", help="LiteRT latency (XNNPACK): warm-up, median, p90; optional per-op profile"
     )
-    p.add_argument("tflite", nargs="+", help="FILE.tflite (several: one table)")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=50)
-    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument(
+        "tflite", nargs="+", metavar="FILE.tflite", help="the models to time (several: one table)"
+    )
+    cli_args.add_threads(p)
+    p.add_argument(
+        "--runs",
+        type=cli_args.positive_int,
+        default=50,
+        metavar="N",
+        help="timed runs (default: 50)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=cli_args.non_negative_int,
+        default=10,
+        metavar="N",
+        help="untimed runs first (default: 10)",
+    )
     p.add_argument("--profile", action="store_true", help="per-op profile (one-op models)")
     p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
-    p.add_argument("--json", default=None, metavar="FILE")
+    cli_args.add_json_file(p, what="the timings")
     p.set_defaults(handler=_cmd_benchmark)
 
     p = subparsers.add_parser(
         "edgetpu-report",
         help="op-by-op check of a .tflite against the published Edge TPU constraints",
     )
-    p.add_argument("tflite", help="FILE.tflite (full-integer, e.g. --target edgetpu)")
+    p.add_argument(
+        "tflite", metavar="FILE.tflite", help="full-integer model, e.g. export --target edgetpu"
+    )
     p.add_argument("--verbose", action="store_true", help="one line per op")
-    p.add_argument("--json", default=None, metavar="FILE")
+    cli_args.add_json_file(p, what="the report")
     p.set_defaults(handler=_cmd_edgetpu)
 
     p = subparsers.add_parser("inspect-tflite", help="ops, versions, dtypes and I/O quantization")
-    p.add_argument("tflite")
-    p.add_argument("--ops", type=int, default=0, metavar="N", help="also list the first N ops")
-    p.add_argument("--json", default=None, metavar="FILE")
+    p.add_argument("tflite", metavar="FILE.tflite", help="the model to inspect")
+    p.add_argument(
+        "--ops",
+        type=cli_args.non_negative_int,
+        default=0,
+        metavar="N",
+        help="also list the first N ops",
+    )
+    cli_args.add_json_file(p, what="the report")
     p.set_defaults(handler=_cmd_inspect)
 
 
@@ -156,13 +177,26 @@ def _add_qat_parser(subparsers) -> None:
         "qat",
         help="quantization-aware fine-tuning of a trained float model (then export --quant qat)",
     )
-    p.add_argument("model", help="trained float MODEL.keras")
-    p.add_argument("--output", required=True, help="QAT model .keras")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--lr", type=float, default=5e-5, help="peak learning rate (cosine decay)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--calibration-samples", type=int, default=256)
+    p.add_argument("model", metavar="MODEL.keras", help="the trained float model")
+    cli_args.add_output(p, metavar="FILE.keras", use="the QAT model to write", required=True)
+    p.add_argument(
+        "--epochs", type=cli_args.positive_int, default=3, metavar="N", help="(default: 3)"
+    )
+    p.add_argument(
+        "--lr",
+        type=cli_args.positive_float,
+        default=5e-5,
+        help="peak learning rate (cosine decay)",
+    )
+    cli_args.add_batch_size(p, default=64, use="training batch")
+    p.add_argument(
+        "--steps-per-epoch",
+        type=cli_args.positive_int,
+        default=None,
+        metavar="N",
+        help="(default: the training recipe's)",
+    )
+    _add_calibration_samples(p, default=256)
     p.add_argument("--target", default="generic", choices=QAT_TARGETS)
     p.add_argument("--keep-float", default="", help="generic target: attention,normalization")
     p.add_argument(
@@ -171,8 +205,18 @@ def _add_qat_parser(subparsers) -> None:
         metavar="FILE.tflite",
         help="also export the result with --quant qat",
     )
-    _add_data_args(p, split_default="train", what="training data")
+    _add_data_args(p, use="training data", required=True, split_default=None)
     p.set_defaults(handler=_cmd_qat)
+
+
+def _add_calibration_samples(p, *, default: int) -> None:
+    p.add_argument(
+        "--calibration-samples",
+        type=cli_args.positive_int,
+        default=default,
+        metavar="N",
+        help=f"images for the int8 ranges (default: {default})",
+    )
 
 
 def register(subparsers) -> None:
@@ -192,10 +236,10 @@ def _write_json(path, payload) -> None:
 
 
 def _input_hw(model, image_size):
+    """``--image-size`` (``(h, w)``, parsed by :func:`mvit3_keras.cli_args.parse_image_size`),
+    else the model's input size."""
     if image_size:
-        if len(image_size) not in (1, 2):
-            raise ValueError("--image-size takes one or two numbers (H [W])")
-        return int(image_size[0]), int(image_size[-1])
+        return image_size
     shape = model.inputs[0].shape
     return int(shape[1]), int(shape[2])
 
@@ -232,7 +276,10 @@ def _calibration_data(args, options, h: int, w: int, model=None):
     from quantization.data import dataset_arrays
 
     if h != w:
-        raise ValueError("calibration from --dataset needs a square --image-size")
+        raise ValueError(
+            f"calibration from --dataset needs a square --image-size, got {h} {w}: pass one "
+            "number, or calibrate on --calibration-images DIR (any size)"
+        )
     model_name, task = recorded_identity(args, model)
     data, _ = dataset_arrays(
         args.dataset,
@@ -319,8 +366,6 @@ def _cmd_evaluate(args) -> int:
     from quantization.export import load_keras_model
     from quantization.runtime import TFLiteRunner
 
-    if not args.dataset:
-        raise ValueError("pass --dataset (TFDS name, image folder or 'demo')")
     shape = TFLiteRunner(args.tflite).input_shape
     if shape[1] != shape[2]:
         raise ValueError(f"the model input {shape[1:3]} is not square; evaluate from Python")
@@ -407,8 +452,6 @@ def _cmd_qat(args) -> int:
     from quantization.qat_config import QuantizeConfig
     from quantization.qat_train import qat_finetune
 
-    if not args.dataset:
-        raise ValueError("pass --dataset: the data the float model was trained on")
     config = QuantizeConfig(target=args.target, keep_float=parse_keep_float(args.keep_float))
     summary = qat_finetune(
         args.model,

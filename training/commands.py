@@ -8,6 +8,7 @@ import dataclasses
 import json
 import sys
 
+from mvit3_keras import cli_args
 from training.tasks import SegmentationTask, task_names
 
 
@@ -25,13 +26,39 @@ def _add_train(subparsers) -> None:
         description="Train with an official recipe (resumable: run the same command again "
         "after an interruption).",
     )
-    p.add_argument("--model", required=True, help="variant name (mvit3 list)")
-    p.add_argument(
-        "--dataset",
-        required=True,
-        help="TFDS name (imagenet2012, scene_parse150, ...), voc2012, a folder, or demo",
+    cli_args.add_subject(
+        p,
+        "model",
+        metavar="MODEL",
+        help="variant name (mvit3 list)",
+        command="train",
+        missing="name the variant to train (`mvit3 list`), e.g. "
+        "`mvit3 train mobilevitv3_xxs --dataset demo`",
+        alias="--model",
     )
-    p.add_argument("--task", default="classification", choices=task_names())
+    cli_args.add_dataset(p, use="training data", required=True)
+    cli_args.add_task(p, choices=task_names(), default_text="classification")
+    _add_recipe_values(p)
+    cli_args.add_output(p, metavar="DIR", use="run folder (default runs/MODEL_DATASET)")
+    p.add_argument("--strategy", default="auto", choices=("auto", "mirrored", "multiworker", "tpu"))
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from weights: official .pt/.pth/.npz, .keras or .weights.h5",
+    )
+    _add_overrides(p, "override a recipe value, e.g. --set optim.weight_decay=0.01 (repeatable)")
+    cli_args.add_data_dirs(p)
+    _add_verbose(
+        p,
+        "Keras' own progress bar and every framework warning/log (default: one line "
+        "per epoch and a summary)",
+    )
+    p.set_defaults(handler=_cmd_train)
+
+
+def _add_recipe_values(p) -> None:
+    """``train``'s recipe and the recipe values it sets directly."""
     p.add_argument(
         "--head",
         default=None,
@@ -43,79 +70,86 @@ def _add_train(subparsers) -> None:
         default=None,
         help="recipe name (mvit3 recipes); default: the official recipe of the model",
     )
-    p.add_argument("--image-size", type=int, default=None, help="training crop (default: recipe)")
-    p.add_argument(
-        "--batch-size",
-        type=int,
+    cli_args.add_image_size(
+        p,
+        use="training crop",
+        square="training crops are square",
+        default_text="the recipe's sampler.crop_size",
+    )
+    cli_args.add_batch_size(
+        p,
         default=None,
-        help="per-replica batch (recipe dataset.train_batch_size0); global = x replicas",
+        use="per-replica batch; global = x replicas",
+        default_text="the recipe's dataset.train_batch_size0",
     )
-    p.add_argument("--epochs", type=int, default=None, help="scheduler.max_epochs")
-    p.add_argument("--output", default=None, help="output folder (default runs/MODEL_DATASET)")
-    p.add_argument("--strategy", default="auto", choices=("auto", "mirrored", "multiworker", "tpu"))
     p.add_argument(
-        "--init",
+        "--epochs",
+        type=cli_args.positive_int,
         default=None,
-        metavar="CHECKPOINT",
-        help="start from weights: official .pt/.pth/.npz, .keras or .weights.h5",
+        metavar="N",
+        help="scheduler.max_epochs (default: the recipe's)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set optim.weight_decay=0.01 (repeatable)",
-    )
-    _add_data_dirs(p)
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,  # keeps `mvit3 --verbose train` (the global flag)
-        help="Keras' own progress bar and every framework warning/log (default: one line "
-        "per epoch and a summary)",
-    )
-    p.set_defaults(handler=_cmd_train)
 
 
 def _add_evaluate(subparsers) -> None:
     p = subparsers.add_parser("evaluate", help="evaluate a run folder or a .keras model on a split")
-    p.add_argument("target", help="training output folder or a .keras model")
-    p.add_argument("--dataset", default=None, help="default: the run's dataset")
-    p.add_argument("--split", default=None, help="TFDS split (default: the validation split)")
+    p.add_argument(
+        "target", metavar="RUN_OR_MODEL", help="training output folder or a .keras model"
+    )
+    cli_args.add_dataset(
+        p, use="evaluation data", default_text="the run's; required for a .keras model"
+    )
+    cli_args.add_split(p, default=None, default_text="the dataset's validation split")
     p.add_argument(
         "--weights",
         default="ema",
         choices=("ema", "raw", "best"),
         help="run folders: EMA (final), raw (last backup) or the best checkpoint",
     )
-    p.add_argument("--task", default=None, choices=task_names())
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    _add_data_dirs(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.add_argument(
-        "--verbose",
-        action="store_true",
-        default=argparse.SUPPRESS,
-        help="every framework warning/log",
+    cli_args.add_task(
+        p, choices=task_names(), default_text="the run's; classification for a .keras model"
     )
+    cli_args.add_image_size(
+        p,
+        use="evaluation size",
+        square="evaluation sizes are square",
+        default_text="the run's crop, or the .keras model's input size",
+    )
+    cli_args.add_batch_size(p, default=32, use="evaluation batch")
+    cli_args.add_data_dirs(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_verbose(p, "every framework warning/log")
     p.set_defaults(handler=_cmd_evaluate)
 
 
 def _add_recipes(subparsers) -> None:
     p = subparsers.add_parser("recipes", help="list the official recipes or print one")
-    p.add_argument("name", nargs="?", help="recipe to print with every value")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("name", nargs="?", metavar="RECIPE", help="recipe to print with every value")
+    _add_overrides(
+        p, "print RECIPE with a value overridden, e.g. --set optim.weight_decay=0.01 (repeatable)"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=_cmd_recipes)
 
 
-def _add_data_dirs(p) -> None:
-    p.add_argument("--data-dir", default=None, help="TFDS data_dir")
+def _add_overrides(p, help_text: str) -> None:
     p.add_argument(
-        "--manual-dir", default=None, help="TFDS manual_dir (imagenet2012 tars, VOCdevkit)"
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text
     )
+
+
+def _add_verbose(p, help_text: str) -> None:
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,  # keeps `mvit3 --verbose COMMAND` (the global flag)
+        help=help_text,
+    )
+
+
+def _square_side(image_size):
+    """``--image-size`` of a square-only command (checked while parsing): the side or None."""
+    return None if image_size is None else image_size[0]
 
 
 def _cmd_train(args) -> int:
@@ -123,6 +157,8 @@ def _cmd_train(args) -> int:
 
     fields = {field.name for field in dataclasses.fields(TrainConfig)}
     config = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    config.task = args.task or "classification"
+    config.image_size = _square_side(args.image_size)
     config.overrides = list(config.overrides)
     try:
         train(config)
@@ -144,9 +180,12 @@ def _cmd_evaluate(args) -> int:
     logger = logging.getLogger("mvit3")
     was_disabled, logger.disabled = logger.disabled, logger.disabled or bool(args.json)
     try:  # with --json stdout is the JSON document: no progress lines on it
-        options = ("dataset", "split", "weights", "task", "image_size", "batch_size")
-        options += ("data_dir", "manual_dir")
-        result = evaluate(args.target, **{name: getattr(args, name) for name in options})
+        options = ("dataset", "split", "weights", "task", "batch_size", "data_dir", "manual_dir")
+        result = evaluate(
+            args.target,
+            image_size=_square_side(args.image_size),
+            **{name: getattr(args, name) for name in options},
+        )
     finally:
         logger.disabled = was_disabled
     if args.json:
