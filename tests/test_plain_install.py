@@ -58,7 +58,7 @@ def _check_missing_torch(message: str) -> None:
 # --------------------------------------------------------------------------------------
 def test_unknown_dataset_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
-    rc = main(["train", "--model", "mobilevitv3_xxs", "--dataset", UNKNOWN, "--output", str(out)])
+    rc = main(["train", "mobilevitv3_xxs", "--dataset", UNKNOWN, "--output", str(out)])
     assert rc == 2
     _check_unknown_dataset(_error_line(capsys.readouterr().err, "train"))
     assert not out.exists(), "a failed command leaves no output folder behind"
@@ -194,7 +194,7 @@ def test_plain_install_train_export_evaluate(plain_venv):
     bin_dir, env, work = plain_venv
     mvit3 = bin_dir / "mvit3"
     _run(
-        [mvit3, "train", "--model", "mobilevitv3_xxs", "--dataset", "demo", "--epochs", "1"]
+        [mvit3, "train", "mobilevitv3_xxs", "--dataset", "demo", "--epochs", "1"]
         + ["--image-size", "32", "--set", "runtime.steps_per_epoch=8", "--output", "run"],
         cwd=work,
         env=env,
@@ -240,7 +240,7 @@ def test_plain_install_bad_input_is_one_line(plain_venv):
     bin_dir, env, work = plain_venv
     mvit3 = bin_dir / "mvit3"
     proc = _run(
-        [mvit3, "train", "--model", "mobilevitv3_xxs", "--dataset", UNKNOWN, "--output", "bad"],
+        [mvit3, "train", "mobilevitv3_xxs", "--dataset", UNKNOWN, "--output", "bad"],
         cwd=work,
         env=env,
         check=False,

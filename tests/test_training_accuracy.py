@@ -1,6 +1,6 @@
 """Issue #10: a short fine-tune's validation accuracy (slow: ~6 minutes on 2 CPU cores).
 
-``mvit3 train --model mobilevitv3_xxs --dataset demo --image-size 64 --batch-size 64
+``mvit3 train mobilevitv3_xxs --dataset demo --image-size 64 --batch-size 64
 --epochs 4`` (88 steps of the ``demo`` recipe, EMA decay 0.99): before the EMA warm-up
 its evaluated (EMA) weights reached 0.16 validation top-1 while the raw weights were at
 0.94.
@@ -18,7 +18,6 @@ from training_helpers import env
 
 COMMAND = [
     "train",
-    "--model",
     "mobilevitv3_xxs",
     "--dataset",
     "demo",

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 TINY = [
-    "--model",
     "mobilevitv3_xxs",
     "--dataset",
     "demo",
