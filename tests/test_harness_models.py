@@ -23,6 +23,7 @@ from support.test_case import (
     run_litert_export_test,
     run_model_saving_test,
 )
+from support.variants import REPRESENTATIVES, by_default_for, representatives
 
 import mvit3_keras
 from mvit3_keras import get_spec, specs
@@ -31,30 +32,11 @@ IMAGE_SIZE = 64  # the smallest multiple of 32 at which every stage has >= 2x2 p
 BATCH = 2
 
 
-def representatives() -> dict:
-    """``{(family, block): first registered variant}``: one per architecture kind
-    (MobileViT v1 / v2 baselines, MobileViTv3 on each family)."""
-    kinds = {}
-    for name in mvit3_keras.list_models():
-        spec = mvit3_keras.get_spec(name)
-        kinds.setdefault((spec.family, spec.block), name)
-    return kinds
-
-
-REPRESENTATIVES = tuple(representatives().values())
 # LiteRT by default: the v2-family baseline as a classifier; the three other kinds are
 # exported in the default run as backbones of the dense heads below (DeepLabv3 on
 # MobileViTv3-0.5, PSPNet on MobileViT-XXS, SSDLite on MobileViTv3-XXS).
 DEFAULT_LITERT_VARIANTS = ("mobilevitv2_050",)
 DETECTOR_BACKBONE = "mobilevitv3_xxs"
-
-
-def by_default_for(names):
-    """``list_models()`` as parameters; those not in ``names`` run with ``-m slow``."""
-    return [
-        pytest.param(name, marks=() if name in names else (pytest.mark.slow,))
-        for name in mvit3_keras.list_models()
-    ]
 
 
 def images(size=IMAGE_SIZE, batch=BATCH, seed=0):

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 from conftest import assert_close_to_reference, load_parity
+from support.variants import by_default_for
 
 import mvit3_keras as m
 from mvit3_keras.compat import graph_layer_types
@@ -38,7 +39,7 @@ def _graph_layer_types(model):
     return graph_layer_types(model)
 
 
-@pytest.mark.parametrize("name", m.list_models())
+@pytest.mark.parametrize("name", by_default_for())
 def test_every_variant_folds_to_the_same_function(name):
     model = m.create_model(name, input_shape=(64, 64, 3))
     _randomize_batch_norms(model)

@@ -1,5 +1,7 @@
-"""Every registered variant: build, exact parameter / MAC counts, official key layout,
-forward at divisible and non-divisible sizes, ``.keras`` round trip, one fit step."""
+"""Every registered variant: build, exact parameter / MAC counts, official key layout
+(all variants by default); forward at divisible and non-divisible sizes, ``.keras``
+round trip, one fit step (one variant per architecture kind by default, every variant
+with ``-m slow``: :mod:`support.variants`)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from support.variants import REPRESENTATIVES, by_default_for
 
 import mvit3_keras as m
 
@@ -85,7 +88,7 @@ STAGES_200x260 = {"v1": [(25, 33), (13, 17), (7, 9)], "v2": [(26, 34), (14, 18),
 STAGES_224 = {"v1": [(28, 28), (14, 14), (7, 7)], "v2": [(28, 28), (14, 14), (8, 8)]}
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", by_default_for())
 def test_forward_divisible_and_non_divisible(name):
     spec = m.get_spec(name)
     x = np.random.default_rng(0).uniform(size=(1, 256, 256, 3)).astype("float32")
@@ -102,7 +105,7 @@ def test_forward_divisible_and_non_divisible(name):
     assert logits.shape == (1, 1000) and np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", by_default_for())
 def test_keras_round_trip(name, tmp_path):
     model = m.create_model(name, num_classes=7, input_shape=(64, 96, 3))
     path = tmp_path / f"{name}.keras"
@@ -129,7 +132,7 @@ def _one_fit_step(name, *, run_eagerly):
     assert any(not np.allclose(b, w.numpy()) for b, w in zip(before, model.trainable_weights[:3]))
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", by_default_for())
 def test_fit_step(name):
     """One optimizer step on every variant (eager: tracing 23 graphs costs minutes)."""
     _one_fit_step(name, run_eagerly=False if name in ONE_PER_BLOCK_TYPE else True)
@@ -137,7 +140,7 @@ def test_fit_step(name):
 
 # One variant per block type (v3 v1-based, v3 v2-based, MobileViTv1, MobileViTv2):
 # these also run ``fit`` as a compiled tf.function graph.
-ONE_PER_BLOCK_TYPE = ("mobilevitv3_xxs", "mobilevitv3_050", "mobilevit_xxs", "mobilevitv2_050")
+ONE_PER_BLOCK_TYPE = REPRESENTATIVES
 
 
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
