@@ -167,13 +167,15 @@ def evaluation_transform(model, input_shape: tuple):
 
     from mvit3_keras import model_record
     from training import augment
+    from training.tasks import TASKS
 
     values = _recipe_values(model)
     height, width = int(input_shape[0]), int(input_shape[1])
     interpolation = values.image_augmentation.resize.interpolation
     channel_order = values.runtime.channel_order
     record = model_record(model) if model is not None else None
-    crops = (record is None or record.task == "classification") and height == width
+    task = TASKS.get(record.task) if record is not None else None  # detectors: none
+    crops = (record is None or (task is not None and task.center_crop_eval)) and height == width
 
     def transform(image):
         if crops:

@@ -222,6 +222,15 @@ def metadata_spec(prepared: PreparedModel, labels=None, metadata=None):
     return MetadataSpec(task=task, labels=labels, name=name, description=f"{name} ({task})")
 
 
+def with_metadata(flatbuffer: bytes, spec) -> bytes:
+    """``flatbuffer`` with the TFLite Model Metadata of ``spec`` (unchanged for None)."""
+    if spec is None:
+        return flatbuffer
+    from quantization.metadata import add_metadata
+
+    return add_metadata(flatbuffer, spec)
+
+
 def export_tflite(
     model,
     path,
@@ -258,12 +267,7 @@ def export_tflite(
     prepared = prepare(model, options)
     calibration = calibrate(prepared, options, representative_data)
     conversion = convert_with_repairs(prepared, options, calibration)
-    flatbuffer = conversion.flatbuffer
-    spec = metadata_spec(prepared, labels, metadata)
-    if spec is not None:
-        from quantization.metadata import add_metadata
-
-        flatbuffer = add_metadata(flatbuffer, spec)
+    flatbuffer = with_metadata(conversion.flatbuffer, metadata_spec(prepared, labels, metadata))
     file_report = inspect(flatbuffer, options, prepared)
     verified = _verify_stage(flatbuffer, prepared, options, calibration) if options.verify else None
     progress.stage("per-delegate report: XNNPACK partitions, GPU delegate, Edge TPU")

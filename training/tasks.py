@@ -39,6 +39,7 @@ class Task:
     name = ""
     metric = ""  # the validation metric that picks best.keras, e.g. "top1"
     eval_recipe = ""  # the recipe whose evaluation transform a bare .keras file gets
+    center_crop_eval = False  # evaluation of a file: shorter side + center crop (True) or resize
     head_prefixes: tuple = ()  # layer / checkpoint key prefixes of the class-count head
 
     @property
@@ -244,6 +245,7 @@ class ClassificationTask(Task):
     name = "classification"
     metric = "top1"
     eval_recipe = "demo"
+    center_crop_eval = True  # evaluation: resize the shorter side, then center crop
     head_prefixes = ("classifier",)
 
     def model_builder(self, model_name, values, source, dataset):
@@ -309,6 +311,7 @@ class SegmentationTask(Task):
     name = "segmentation"
     metric = "miou"
     eval_recipe = "demo_segmentation"
+    center_crop_eval = False  # evaluation: resize the whole image
     head_prefixes = ("seg_head.classifier", "seg_head.aux_head.2")
     pipelines = ("segmentation_train", "segmentation_eval")
     HEADS = ("deeplabv3", "pspnet")
