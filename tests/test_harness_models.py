@@ -82,14 +82,27 @@ def test_classifier_litert_export(name, tmp_path):
     run_litert_export_test(model, images(), tmp_path)
 
 
+KERAS_EXPORT_CASES = ("classifier", "segmenter", "detector")
+
+
 @pytest.mark.slow
-def test_keras_native_litert_export(tmp_path):
-    """Keras' own ``model.export(format="litert")`` (no project rewrites) gives the
-    same numbers as the Keras model (~60-90 s: slow)."""
-    model = mvit3_keras.create_model(
-        "mobilevitv3_xxs", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), num_classes=10
-    )
-    run_litert_export_test(model, images(), tmp_path, exporter="keras")
+@pytest.mark.parametrize("kind", KERAS_EXPORT_CASES)
+def test_keras_native_litert_export(kind, tmp_path):
+    """Keras' own ``model.export(format="litert")`` (no project rewrites) of a classifier,
+    a segmenter and a detector's raw outputs gives a builtin-op file with the same
+    numbers as the Keras model (~40-90 s each: slow)."""
+    if kind == "classifier":
+        model = mvit3_keras.create_model(
+            "mobilevitv3_xxs", input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3), num_classes=10
+        )
+        data = images()
+    elif kind == "segmenter":
+        model, data = make_segmenter("deeplabv3"), images()
+    else:
+        detector = make_detector()
+        model = keras.Model(detector.input, detector.output, name="ssdlite_raw")
+        data = images(128)
+    run_litert_export_test(model, data, tmp_path, exporter="keras")
 
 
 # --------------------------------------------------------------------------------------
