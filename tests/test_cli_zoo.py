@@ -180,4 +180,4 @@ def test_demo_command_comes_from_the_examples_package():
 
     titles = [title for title, _ in DEMO_STEPS]
     assert titles[0].startswith("model zoo") and titles[1].startswith("train on real data")
-    assert titles[2].startswith("int8 export")
+    assert titles[2].startswith("int8 export") and "MediaPipe" in titles[3]

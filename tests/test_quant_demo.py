@@ -1,5 +1,5 @@
-"""The int8 step of the README demo (``mvit3_examples.demo``), after a quick training run
-(slow: ~5 min)."""
+"""The int8 and app steps of the README demo (``mvit3_examples.demo``), after a quick
+training run (slow: ~6 min)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 
 @pytest.mark.slow
-def test_demo_quantization_step(tmp_path):
+def test_demo_quantization_and_app_steps(tmp_path):
+    from mvit3_examples.demo.app import step_app
     from mvit3_examples.demo.quantize import step_quantize
     from mvit3_examples.demo.train import TRAIN_TITLE, step_train
 
@@ -29,3 +30,7 @@ def test_demo_quantization_step(tmp_path):
     saved = json.loads((tmp_path / "quantization" / "quantization_results.json").read_text())
     assert saved["checks"] == result["checks"]
     assert (tmp_path / "quantization" / "quantization_table.txt").is_file()
+    app = step_app(context)  # MediaPipe Tasks runs the int8 file with its metadata
+    assert app["ran"] and os.path.isfile(app["file"]) and app["num_images"] > 300
+    assert app["agreement_with_keras"] >= 0.97, app  # int8 vs float top-1 on real digits
+    assert app["mediapipe_top1"] >= app["keras_top1"] - 0.02, app

@@ -9,6 +9,9 @@ Steps, in order (each prints what it did and writes into the output folder):
    bundled real digits (CPU), the saved model reloaded and evaluated.
 3. :mod:`~mvit3_examples.demo.quantize`: that model exported as fp32, PTQ int8 and
    QAT int8 ``.tflite`` files, evaluated and timed in LiteRT.
+4. :mod:`~mvit3_examples.demo.app`: the file an app ships (int8 for phone CPUs, with
+   labels and input metadata) classifying real digits through MediaPipe Tasks, next
+   to the Keras model.
 
 Every step is ``step(context) -> dict``; ``context`` holds the output folder,
 the ``quick`` flag and the results of the earlier steps (by title), and
@@ -21,6 +24,7 @@ import json
 import os
 import time
 
+from mvit3_examples.demo.app import APP_TITLE, step_app
 from mvit3_examples.demo.model_zoo import MODEL_ZOO_TITLE, step_model_zoo
 from mvit3_examples.demo.quantize import QUANTIZE_TITLE, step_quantize
 from mvit3_examples.demo.train import TRAIN_TITLE, step_train
@@ -29,6 +33,7 @@ DEMO_STEPS = (
     (MODEL_ZOO_TITLE, step_model_zoo),
     (TRAIN_TITLE, step_train),
     (QUANTIZE_TITLE, step_quantize),
+    (APP_TITLE, step_app),
 )
 
 
