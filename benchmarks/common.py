@@ -115,6 +115,48 @@ def peer_python(arg: str | None) -> str | None:
     return candidate
 
 
+def keras_worker(smoke: bool, *, label: str = "ours", threads: int | None = None):
+    """Our Keras worker: in this process for ``--smoke`` runs, else a child process."""
+    from benchmarks.worker import LocalWorker, SubprocessWorker
+
+    if smoke:
+        return LocalWorker("keras", label="ours")
+    return SubprocessWorker("keras", label=label, threads=threads)
+
+
+def peer_worker(python: str | None, *, label: str = "peer", **kwargs):
+    """The peer's worker (timm / PyTorch / ONNX Runtime) under ``python``; None without one."""
+    from benchmarks.worker import SubprocessWorker
+
+    return SubprocessWorker("timm", python, label=label, **kwargs) if python else None
+
+
+class Workers:
+    """The two sides of a run: ``ours`` and ``peer`` (None: our side only).
+
+    ``with Workers(ours, peer) as w:`` closes both at the end, also an ``ours``
+    that :meth:`fresh_ours` replaced during the run.
+    """
+
+    def __init__(self, ours, peer=None):
+        self.ours, self.peer = ours, peer
+
+    def fresh_ours(self, threads: int | None = None):
+        """Replace ``ours`` by a new child process (TF keeps freed memory, compiled XLA
+        clusters and a crashed runtime's state in its process)."""
+        self.ours.close()
+        self.ours = keras_worker(False, threads=threads)
+        return self.ours
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.ours.close()
+        if self.peer is not None:
+            self.peer.close()
+
+
 # glibc malloc settings that keep PyTorch's large activation buffers in the heap instead of
 # mmap/munmap-ing them on every call (page-fault storms at batch 32: ~2x slower eager
 # inference on this machine). The inference benchmark gives the peer these by default
@@ -242,6 +284,16 @@ def print_table(title: str, headers: list[str], rows: list[list]) -> str:
     text = "\n".join(lines)
     print(text, flush=True)
     return text
+
+
+def percent(part: float, whole: float) -> str:
+    return f"{100 * part / whole:.1f}%"
+
+
+def write_tables(output_dir: Path, name: str, payload: dict, tables: list[str]) -> Path:
+    """Write ``payload`` with its printed ``tables`` (``payload["table"]``) as ``<name>.json``."""
+    payload["table"] = "\n".join(tables)
+    return write_results(output_dir, name, payload)
 
 
 def verdict(ok: bool | None) -> str:

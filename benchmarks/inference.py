@@ -29,7 +29,6 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
-from benchmarks.worker import LocalWorker, SubprocessWorker  # noqa: E402
 
 DEFAULT_PAIRS = ",".join(
     [
@@ -183,129 +182,144 @@ def run_pair(
 def main(argv=None) -> int:
     args = parse_args(argv)
     peer_py = C.peer_python(args.peer_python)
+    pairs, extra_models = model_lists(args)
+    payload = {
+        "benchmark": "inference",
+        "machine": C.machine_info(),
+        "config": vars(args) | {"output_dir": str(args.output_dir)},
+    }
+    with start_workers(args, peer_py) as workers:
+        peak = measure_references(workers, args, pairs, payload)
+        rows = measure_models(workers, args, pairs, extra_models, peak, payload)
+        payload["rows"] = rows
+        payload["table"] = _table(rows, peak, payload["threads"])
+        payload["complete"] = True
+        C.write_results(args.output_dir, output_name(args), payload)
+    return 0
+
+
+def model_lists(args):
+    """``(pairs, extra_models)``: the (ours, timm) pairs and our models without a peer."""
     pairs = C.parse_pairs(args.pairs)
     paired = {n for n, _ in pairs}
     extra = args.extra_models
     if extra == "v3":
         extra = ",".join(n for n in C.V3_VARIANTS if n not in paired)
     extra_models = [n for n, _ in C.parse_pairs(extra)] if extra else []
+    return pairs, extra_models
+
+
+def output_name(args) -> str:
+    """``inference`` (all cores), ``inference_<n>thread``; ``_stock_pytorch`` without the tuned
+    malloc."""
+    name = "inference" if not args.threads or args.smoke else f"inference_{args.threads}thread"
+    if args.peer_malloc == "default" and not args.smoke:
+        name += "_stock_pytorch"
+    return name
+
+
+def start_workers(args, peer_py) -> C.Workers:
+    ours = C.keras_worker(args.smoke, threads=args.threads)
+    peer = C.peer_worker(
+        peer_py,
+        threads=args.threads,
+        env_extra=C.TUNED_MALLOC_ENV if args.peer_malloc == "tuned" else None,
+    )
+    return C.Workers(ours, peer)
+
+
+def measure_references(workers, args, pairs, payload) -> dict:
+    """Versions, threads, each side's matmul peak and the timm twin check, into ``payload``;
+    returns the peaks (MAC/s)."""
+    ours, peer = workers.ours, workers.peer
+    payload["versions"] = {"ours": ours.call("hello")["versions"]}
+    payload["threads"] = {"ours": ours.call("hello")["intra_op_threads"]}
+    if peer:
+        payload["threads"]["peer"] = peer.call("hello")["intra_op_threads"]
+        payload["versions"]["peer"] = peer.call("hello")["versions"]
+    peak = {"ours": ours.call("matmul_peak", n=1024 if args.smoke else 2048)["macs_per_s"]}
+    if peer:
+        peak["peer"] = peer.call("matmul_peak", n=2048)["macs_per_s"]
+    payload["matmul_peak_macs_per_s"] = peak
+    with tempfile.TemporaryDirectory(prefix="mvit3-equiv-") as workdir:
+        payload["equivalence"] = (
+            check_equivalence(ours, peer, pairs, args.image_size, workdir)
+            if peer and not args.no_equivalence
+            else {}
+        )
+    return peak
+
+
+def measure_models(workers, args, pairs, extra_models, peak, payload) -> list:
+    """One row per model and batch size; ``payload`` is written (incomplete) after each."""
     batches = [int(b) for b in args.batches.split(",")]
     xla_models = set(filter(None, args.xla_models.split(",")))
-    size = args.image_size
-    payload = {
-        "benchmark": "inference",
-        "machine": C.machine_info(),
-        "config": vars(args) | {"output_dir": str(args.output_dir)},
-    }
-
-    ours = (
-        LocalWorker("keras", label="ours")
-        if args.smoke
-        else SubprocessWorker("keras", label="ours", threads=args.threads)
-    )
-    peer = (
-        SubprocessWorker(
-            "timm",
-            peer_py,
-            label="peer",
-            threads=args.threads,
-            env_extra=C.TUNED_MALLOC_ENV if args.peer_malloc == "tuned" else None,
-        )
-        if peer_py
-        else None
-    )
-    try:
-        payload["versions"] = {"ours": ours.call("hello")["versions"]}
-        payload["threads"] = {"ours": ours.call("hello")["intra_op_threads"]}
+    rows = []
+    for name, timm_name in pairs + [(n, None) for n in extra_models]:
+        # A fresh Keras worker per model: TF keeps freed memory (and compiled XLA
+        # clusters) in the process, which otherwise grows by GBs over the variants.
+        if not args.smoke and rows:
+            workers.fresh_ours(threads=args.threads)
+        ours, peer = workers.ours, workers.peer
         if peer:
-            payload["threads"]["peer"] = peer.call("hello")["intra_op_threads"]
-        if peer:
-            payload["versions"]["peer"] = peer.call("hello")["versions"]
-        peak = {"ours": ours.call("matmul_peak", n=1024 if args.smoke else 2048)["macs_per_s"]}
-        if peer:
-            peak["peer"] = peer.call("matmul_peak", n=2048)["macs_per_s"]
-        payload["matmul_peak_macs_per_s"] = peak
-        with tempfile.TemporaryDirectory(prefix="mvit3-equiv-") as workdir:
-            payload["equivalence"] = (
-                check_equivalence(ours, peer, pairs, size, workdir)
-                if peer and not args.no_equivalence
-                else {}
+            peer.call("reset")
+        desc = ours.call("describe", model=name, size=args.image_size)
+        peer_desc = peer.call("describe", model=timm_name) if peer and timm_name else {}
+        for batch in batches:
+            res = run_pair(
+                ours,
+                peer if timm_name else None,
+                name,
+                timm_name,
+                batch,
+                args.image_size,
+                args.rounds,
+                xla=name in xla_models,
+                graph_only=name in extra_models,
             )
-        rows = []
-        out_name = (
-            "inference" if not args.threads or args.smoke else f"inference_{args.threads}thread"
-        )
-        if args.peer_malloc == "default" and not args.smoke:
-            out_name += "_stock_pytorch"
-        for name, timm_name in pairs + [(n, None) for n in extra_models]:
-            # A fresh Keras worker per model: TF keeps freed memory (and compiled XLA
-            # clusters) in the process, which otherwise grows by GBs over the variants.
-            if not args.smoke and rows:
-                ours.close()
-                ours = SubprocessWorker("keras", label="ours", threads=args.threads)
-            if peer:
-                peer.call("reset")
-            desc = ours.call("describe", model=name, size=size)
-            peer_desc = peer.call("describe", model=timm_name) if peer and timm_name else {}
-            for batch in batches:
-                res = run_pair(
-                    ours,
-                    peer if timm_name else None,
-                    name,
-                    timm_name,
-                    batch,
-                    size,
-                    args.rounds,
-                    xla=name in xla_models,
-                    graph_only=name in extra_models,
-                )
-                ours_best = max((res[v]["images_per_s"], v) for v in OURS_VARIANTS if v in res)
-                peer_res = {v: res[v] for v in PEER_VARIANTS if v in res}
-                peer_best = max(((r["images_per_s"], v) for v, r in peer_res.items()), default=None)
-                ratio = ours_best[0] / peer_best[0] if peer_best else None
-                graph_macs_s = desc["macs_real"] * res[ours_best[1]]["images_per_s"]
-                row = {
-                    "model": name,
-                    "params": desc["params"],
-                    "macs_official": desc["macs_official"],
-                    "macs_real": desc["macs_real"],
-                    "timm": timm_name,
-                    "timm_params": peer_desc.get("params"),
-                    "same_network": payload["equivalence"].get(name, {}).get("equivalent"),
-                    "batch": batch,
-                    "image_size": size,
-                    "results": res,
-                    "ours_best": ours_best[1],
-                    "peer_best": peer_best[1] if peer_best else None,
-                    "ratio_best": ratio,
-                    "ratio_graph_vs_nchw": (
-                        res["graph"]["images_per_s"] / res["nchw"]["images_per_s"]
-                        if "nchw" in res
-                        else None
-                    ),
-                    "graph_fraction_of_peak": graph_macs_s / peak["ours"],
-                    "target_met": (ratio >= TARGET_RATIO)
-                    if (ratio is not None and batch >= 32)
-                    else None,
-                }
-                rows.append(row)
-                payload["rows"], payload["complete"] = rows, False
-                C.write_results(args.output_dir, out_name, payload, quiet=True)
-                print(
-                    f"[{name} b{batch}] "
-                    + ", ".join(f"{LABELS[v]} {r['images_per_s']:.1f}/s" for v, r in res.items())
-                    + (f" -> ratio {ratio:.2f}x" if ratio else ""),
-                    flush=True,
-                )
-        payload["rows"] = rows
-        payload["table"] = _table(rows, peak, payload["threads"])
-        payload["complete"] = True
-        C.write_results(args.output_dir, out_name, payload)
-    finally:
-        ours.close()
-        if peer:
-            peer.close()
-    return 0
+            same = payload["equivalence"].get(name, {}).get("equivalent")
+            row = make_row(
+                name, timm_name, batch, args.image_size, desc, peer_desc, same, res, peak
+            )
+            rows.append(row)
+            payload["rows"], payload["complete"] = rows, False
+            C.write_results(args.output_dir, output_name(args), payload, quiet=True)
+            print(
+                f"[{name} b{batch}] "
+                + ", ".join(f"{LABELS[v]} {r['images_per_s']:.1f}/s" for v, r in res.items())
+                + (f" -> ratio {row['ratio_best']:.2f}x" if row["ratio_best"] else ""),
+                flush=True,
+            )
+    return rows
+
+
+def make_row(name, timm_name, batch, size, desc, peer_desc, same_network, res, peak) -> dict:
+    """The JSON row of one model at one batch size: figures, best variants, ratio, target."""
+    ours_best = max((res[v]["images_per_s"], v) for v in OURS_VARIANTS if v in res)
+    peer_res = {v: res[v] for v in PEER_VARIANTS if v in res}
+    peer_best = max(((r["images_per_s"], v) for v, r in peer_res.items()), default=None)
+    ratio = ours_best[0] / peer_best[0] if peer_best else None
+    graph_macs_s = desc["macs_real"] * res[ours_best[1]]["images_per_s"]
+    return {
+        "model": name,
+        "params": desc["params"],
+        "macs_official": desc["macs_official"],
+        "macs_real": desc["macs_real"],
+        "timm": timm_name,
+        "timm_params": peer_desc.get("params"),
+        "same_network": same_network,
+        "batch": batch,
+        "image_size": size,
+        "results": res,
+        "ours_best": ours_best[1],
+        "peer_best": peer_best[1] if peer_best else None,
+        "ratio_best": ratio,
+        "ratio_graph_vs_nchw": (
+            res["graph"]["images_per_s"] / res["nchw"]["images_per_s"] if "nchw" in res else None
+        ),
+        "graph_fraction_of_peak": graph_macs_s / peak["ours"],
+        "target_met": (ratio >= TARGET_RATIO) if (ratio is not None and batch >= 32) else None,
+    }
 
 
 def _table(rows, peak, threads):

@@ -100,18 +100,7 @@ def profile_file(path, threads, iters) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    files = list(args.files)
-    if not files:
-        for name in filter(None, args.models.split(",")):
-            for q in filter(None, args.quants.split(",")):
-                path = os.path.join(args.cache_dir, f"{name}_{args.image_size}_{q}_rw.tflite")
-                if os.path.isfile(path):
-                    files.append(path)
-                else:
-                    print(
-                        f"[profile] {path} missing: run benchmarks/tflite_latency.py first",
-                        flush=True,
-                    )
+    files = list(args.files) or cached_files(args)
     payload = {
         "benchmark": "litert_profile",
         "machine": C.machine_info(),
@@ -122,29 +111,46 @@ def main(argv=None) -> int:
     for path in files:
         prof = profile_file(path, args.threads, args.iters)
         payload["files"][os.path.basename(path)] = prof
-        rows = [
+        tables.append(_op_table(os.path.basename(path), prof, args.threads))
+    C.write_tables(args.output_dir, "litert_profile", payload, tables)
+    return 0
+
+
+def cached_files(args) -> list:
+    """The files :mod:`benchmarks.tflite_latency` cached for ``--models`` x ``--quants``."""
+    files = []
+    for name in filter(None, args.models.split(",")):
+        for q in filter(None, args.quants.split(",")):
+            path = os.path.join(args.cache_dir, f"{name}_{args.image_size}_{q}_rw.tflite")
+            if os.path.isfile(path):
+                files.append(path)
+            else:
+                print(
+                    f"[profile] {path} missing: run benchmarks/tflite_latency.py first", flush=True
+                )
+    return files
+
+
+def _op_table(file_name, prof, threads) -> str:
+    """Per op type: count, how many XNNPACK took, summed ms and share of the sum."""
+    total = max(prof["sum_of_ops_ms"], 1e-9)
+    w = prof["whole_model_ms"]
+    return C.print_table(
+        f"{file_name}: whole model {w['xnnpack']:.1f} ms with XNNPACK "
+        f"({prof['xnnpack_partitions']} delegate partitions), {w['builtin_only']:.1f} ms builtin "
+        f"only; sum of single ops {prof['sum_of_ops_ms']:.1f} ms ({threads} thread)",
+        ["op", "count", "in XNNPACK", "ms (sum)", "share"],
+        [
             [
                 op,
                 e["count"],
                 f"{e['xnnpack']}/{e['count']}",
                 f"{e['ms']:.2f}",
-                f"{100 * e['ms'] / max(prof['sum_of_ops_ms'], 1e-9):.1f}%",
+                C.percent(e["ms"], total),
             ]
             for op, e in prof["by_type"].items()
-        ]
-        w = prof["whole_model_ms"]
-        tables.append(
-            C.print_table(
-                f"{os.path.basename(path)}: whole model {w['xnnpack']:.1f} ms with XNNPACK "
-                f"({prof['xnnpack_partitions']} delegate partitions), {w['builtin_only']:.1f} ms builtin "
-                f"only; sum of single ops {prof['sum_of_ops_ms']:.1f} ms ({args.threads} thread)",
-                ["op", "count", "in XNNPACK", "ms (sum)", "share"],
-                rows,
-            )
-        )
-    payload["table"] = "\n".join(tables)
-    C.write_results(args.output_dir, "litert_profile", payload)
-    return 0
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
-from benchmarks.worker import LocalWorker, SubprocessWorker  # noqa: E402
 
 DEFAULT_MODELS = "mobilevitv3_xxs,mobilevitv3_xs,mobilevitv3_s,mobilevitv3_050,mobilevitv3_100,mobilevitv3_200,mobilevit_xxs,mobilevitv2_050"
 
@@ -57,84 +56,90 @@ def main(argv=None) -> int:
         "machine": C.machine_info(),
         "config": {k: str(v) for k, v in vars(args).items()},
     }
-    ours = (
-        LocalWorker("keras", label="ours")
-        if args.smoke
-        else SubprocessWorker("keras", label="ours")
-    )
-    peer = SubprocessWorker("timm", peer_py, label="peer") if peer_py else None
-    try:
-        peaks = {"tensorflow": {}, "torch": {}}
-        for n in sizes:
-            peaks["tensorflow"][n] = ours.call("matmul_peak", n=n)["macs_per_s"]
-            if peer:
-                peaks["torch"][n] = peer.call("matmul_peak", n=n)["macs_per_s"]
+    with C.Workers(C.keras_worker(args.smoke), C.peer_worker(peer_py)) as workers:
+        peaks = measure_matmul_peaks(workers, sizes)
         peak = max(peaks["tensorflow"].values())
         payload["matmul_macs_per_s"] = peaks
         payload["peak_macs_per_s"] = peak
-        C.print_table(
-            "Measured matmul peak (float32, best of 5), GMAC/s",
-            ["n", "TensorFlow", "PyTorch (peer)"],
-            [
-                [
-                    n,
-                    f"{peaks['tensorflow'][n] / 1e9:.1f}",
-                    C.fmt(peaks["torch"].get(n, 0) / 1e9 or None, ".1f"),
-                ]
-                for n in sizes
-            ],
-        )
-        rows = []
-        for name in models:
-            desc = ours.call("describe", model=name, size=args.image_size)
-            key = f"{name}/graph"
-            ours.call(
-                "build_infer",
-                key=key,
-                model=name,
-                batch=args.batch,
-                size=args.image_size,
-                variant="graph",
-            )
-            secs = []
-            for _ in range(args.rounds):
-                secs += ours.call("time", key=key, iters=1)["seconds"]
-            ours.call("reset")
-            ips = args.batch / C.median(secs)
-            achieved = ips * desc["macs_real"]
-            rows.append(
-                {
-                    "model": name,
-                    "macs_real": desc["macs_real"],
-                    "macs_official": desc["macs_official"],
-                    "images_per_s": ips,
-                    "achieved_macs_per_s": achieved,
-                    "fraction_of_peak": achieved / peak,
-                }
-            )
+        _peak_table(peaks, sizes)
+        ours = workers.ours
+        rows = [measure_model(ours, args, name, peak) for name in models]
         payload["rows"] = rows
         # Re-measure the peak at the end: the load of the machine may have changed.
         payload["peak_macs_per_s_end"] = ours.call("matmul_peak", n=max(sizes))["macs_per_s"]
-        payload["table"] = C.print_table(
-            f"Fraction of the matmul peak ({peak / 1e9:.1f} GMAC/s), tf.function, batch {args.batch}",
-            ["model", "real MACs/img", "images/s", "achieved GMAC/s", "fraction of peak"],
-            [
-                [
-                    r["model"],
-                    f"{r['macs_real'] / 1e6:.0f}M",
-                    f"{r['images_per_s']:.1f}",
-                    f"{r['achieved_macs_per_s'] / 1e9:.1f}",
-                    f"{100 * r['fraction_of_peak']:.1f}%",
-                ]
-                for r in rows
-            ],
-        )
+        payload["table"] = _fraction_table(rows, peak, args.batch)
         C.write_results(args.output_dir, "machine_peak", payload)
-    finally:
-        ours.close()
-        if peer:
-            peer.close()
     return 0
+
+
+def measure_matmul_peaks(workers, sizes) -> dict:
+    """``{"tensorflow": {n: MAC/s}, "torch": {n: MAC/s}}`` (torch: with a peer only)."""
+    peaks = {"tensorflow": {}, "torch": {}}
+    for n in sizes:
+        peaks["tensorflow"][n] = workers.ours.call("matmul_peak", n=n)["macs_per_s"]
+        if workers.peer:
+            peaks["torch"][n] = workers.peer.call("matmul_peak", n=n)["macs_per_s"]
+    return peaks
+
+
+def measure_model(ours, args, name, peak) -> dict:
+    """Images/s of ``name``'s ``tf.function`` and the MAC/s it achieves (vs ``peak``)."""
+    desc = ours.call("describe", model=name, size=args.image_size)
+    key = f"{name}/graph"
+    ours.call(
+        "build_infer",
+        key=key,
+        model=name,
+        batch=args.batch,
+        size=args.image_size,
+        variant="graph",
+    )
+    secs = []
+    for _ in range(args.rounds):
+        secs += ours.call("time", key=key, iters=1)["seconds"]
+    ours.call("reset")
+    ips = args.batch / C.median(secs)
+    achieved = ips * desc["macs_real"]
+    return {
+        "model": name,
+        "macs_real": desc["macs_real"],
+        "macs_official": desc["macs_official"],
+        "images_per_s": ips,
+        "achieved_macs_per_s": achieved,
+        "fraction_of_peak": achieved / peak,
+    }
+
+
+def _peak_table(peaks, sizes) -> str:
+    return C.print_table(
+        "Measured matmul peak (float32, best of 5), GMAC/s",
+        ["n", "TensorFlow", "PyTorch (peer)"],
+        [
+            [
+                n,
+                f"{peaks['tensorflow'][n] / 1e9:.1f}",
+                C.fmt(peaks["torch"].get(n, 0) / 1e9 or None, ".1f"),
+            ]
+            for n in sizes
+        ],
+    )
+
+
+def _fraction_table(rows, peak, batch) -> str:
+    return C.print_table(
+        f"Fraction of the matmul peak ({peak / 1e9:.1f} GMAC/s), tf.function, batch {batch}",
+        ["model", "real MACs/img", "images/s", "achieved GMAC/s", "fraction of peak"],
+        [
+            [
+                r["model"],
+                f"{r['macs_real'] / 1e6:.0f}M",
+                f"{r['images_per_s']:.1f}",
+                f"{r['achieved_macs_per_s'] / 1e9:.1f}",
+                f"{100 * r['fraction_of_peak']:.1f}%",
+            ]
+            for r in rows
+        ],
+    )
 
 
 if __name__ == "__main__":

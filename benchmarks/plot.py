@@ -19,6 +19,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
 
+# (marker, colour, legend label) of each series
+FAMILY_STYLES = {
+    "v3": ("o", "tab:blue", "ours MobileViTv3"),
+    "baseline": ("s", "tab:green", "ours v1/v2 baselines"),
+}
+TFLITE_STYLES = {
+    "fp32": ("o", "tab:blue", "LiteRT fp32"),
+    "int8": ("^", "tab:orange", "LiteRT int8 (PTQ)"),
+    "int8_cpu": ("d", "tab:olive", "LiteRT int8, float attention/norm"),
+    "qat": ("v", "tab:purple", "LiteRT QAT-int8"),
+    "ort_fp32": ("x", "tab:red", "ONNX Runtime fp32 (timm)"),
+}
+
 
 def _load(path):
     if not os.path.isfile(path):
@@ -72,15 +85,23 @@ def plot(output_dir) -> str | None:
         print(f"[plot] no inference.json / tflite_latency.json in {output_dir}: nothing to plot")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    ax = axes[0]
-    styles = {
-        "v3": ("o", "tab:blue", "ours MobileViTv3"),
-        "baseline": ("s", "tab:green", "ours v1/v2 baselines"),
-    }
+    _plot_inference(axes[0], inf)
+    _plot_tflite(axes[1], tfl)
+    load = (inf or tfl or {}).get("machine", {})
+    fig.suptitle(
+        f"mvit3-keras benchmarks - {load.get('processor', '')}, {load.get('cpu_count', '?')} cores",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return _save(fig, output_dir)
+
+
+def _plot_inference(ax, inf) -> None:
+    """Left: float inference, ours per family and the timm twins, batch 32 and 1."""
     for batch, fill in ((32, "full"), (1, "none")):
         ours, peer = series_inference(inf, batch)
         for family, pts in ours.items():
-            marker, color, label = styles[family]
+            marker, color, label = FAMILY_STYLES[family]
             pts.sort()
             ax.plot(
                 [p[0] / 1e6 for p in pts],
@@ -108,34 +129,31 @@ def plot(output_dir) -> str | None:
                 markersize=9,
                 label=f"timm twin (PyTorch eager, best layout), batch {batch}",
             )
-    ax.set_xlabel("MACs per image (official count), M")
-    ax.set_ylabel("ms per image")
+    _decorate(ax, "MACs per image (official count), M", "ms per image", legend_size=7)
     ax.set_title("Float inference on this CPU")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax = axes[1]
-    labels = {
-        "fp32": ("o", "tab:blue", "LiteRT fp32"),
-        "int8": ("^", "tab:orange", "LiteRT int8 (PTQ)"),
-        "int8_cpu": ("d", "tab:olive", "LiteRT int8, float attention/norm"),
-        "qat": ("v", "tab:purple", "LiteRT QAT-int8"),
-        "ort_fp32": ("x", "tab:red", "ONNX Runtime fp32 (timm)"),
-    }
+
+
+def _plot_tflite(ax, tfl) -> None:
+    """Right: LiteRT batch-1 latency at 2 threads per file type, and ONNX Runtime."""
     for q, pts in series_tflite(tfl).items():
-        marker, color, label = labels.get(q, ("d", "gray", q))
+        marker, color, label = TFLITE_STYLES.get(q, ("d", "gray", q))
         pts.sort()
         ax.plot([p[0] / 1e6 for p in pts], [p[1] for p in pts], marker, color=color, label=label)
-    ax.set_xlabel("MACs per image (official count, our variant), M")
-    ax.set_ylabel("ms, batch 1, 2 threads")
+    _decorate(ax, "MACs per image (official count, our variant), M", "ms, batch 1, 2 threads")
     ax.set_title("TFLite / LiteRT (XNNPACK) vs ONNX Runtime")
+
+
+def _decorate(ax, xlabel, ylabel, legend_size=8) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    load = (inf or tfl or {}).get("machine", {})
-    fig.suptitle(
-        f"mvit3-keras benchmarks - {load.get('processor', '')}, {load.get('cpu_count', '?')} cores",
-        fontsize=10,
-    )
-    fig.tight_layout()
+    ax.legend(fontsize=legend_size)
+
+
+def _save(fig, output_dir) -> str:
+    """Write ``latency_vs_macs.png`` atomically and close the figure."""
+    import matplotlib.pyplot as plt
+
     from mvit3_keras.io_utils import atomic_path
 
     path = os.path.join(output_dir, "latency_vs_macs.png")

@@ -119,6 +119,9 @@ def profile_model(name, batch, size, steps, formulation="optimized") -> dict:
     }
 
 
+BREAKDOWNS = (("TF op type", "by_op_type_us"), ("Keras layer kind", "by_layer_kind_us"))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     payload = {"benchmark": "profile_tf", "machine": C.machine_info(), "profiles": []}
@@ -126,26 +129,20 @@ def main(argv=None) -> int:
     for name in filter(None, args.models.split(",")):
         prof = profile_model(name, args.batch, args.image_size, args.steps, args.formulation)
         payload["profiles"].append(prof)
-        total = prof["busy_us_per_step"]
-        for title, key in (
-            ("TF op type", "by_op_type_us"),
-            ("Keras layer kind", "by_layer_kind_us"),
-        ):
-            rows = [
-                [k, f"{v / 1000:.1f}", f"{100 * v / total:.1f}%"]
-                for k, v in list(prof[key].items())[:14]
-            ]
-            tables.append(
-                C.print_table(
-                    f"{name} ({args.formulation}), batch {args.batch}: busy time per step by {title} "
-                    f"({total / 1000:.0f} ms of op time over all threads)",
-                    [title, "ms", "share"],
-                    rows,
-                )
-            )
-    payload["table"] = "\n".join(tables)
-    C.write_results(args.output_dir, "profile_tf", payload)
+        tables += [_breakdown_table(prof, title, key, args) for title, key in BREAKDOWNS]
+    C.write_tables(args.output_dir, "profile_tf", payload, tables)
     return 0
+
+
+def _breakdown_table(prof, title, key, args) -> str:
+    """The 14 largest entries of one breakdown (``key``) of a profile: ms and share."""
+    total = prof["busy_us_per_step"]
+    return C.print_table(
+        f"{prof['model']} ({args.formulation}), batch {args.batch}: busy time per step by {title} "
+        f"({total / 1000:.0f} ms of op time over all threads)",
+        [title, "ms", "share"],
+        [[k, f"{v / 1000:.1f}", C.percent(v, total)] for k, v in list(prof[key].items())[:14]],
+    )
 
 
 if __name__ == "__main__":

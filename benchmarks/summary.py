@@ -29,94 +29,98 @@ def _fmt_ratio(values):
     return f"{lo:.2f}x" if abs(hi - lo) < 0.005 else f"{lo:.2f}x .. {hi:.2f}x"
 
 
+def _target_row(target, values, unit, met) -> list:
+    """A table row: the target, how many ``unit`` were measured, the range, the verdict
+    (``met(value)`` for every value; n/a without values)."""
+    return [
+        target,
+        f"{len(values)} {unit}",
+        _fmt_ratio(values),
+        C.verdict(all(met(x) for x in values) if values else None),
+    ]
+
+
 def summarize(directory) -> str:
+    rows = [
+        *_inference_rows(directory),
+        *_tflite_rows(_load(directory, "tflite_latency")),
+        *_training_rows(_load(directory, "training_step")),
+        *_pipeline_rows(_load(directory, "input_pipeline")),
+    ]
+    return C.print_table(
+        "Speed targets (ratios: ours / peer; latency ratios: int8 / reference)",
+        ["target", "measured on", "measured", "verdict"],
+        rows,
+    )
+
+
+def _inference_rows(directory) -> list:
     rows = []
     for name, label in (("inference", "all cores"), ("inference_1thread", "1 thread each")):
         inf = _load(directory, name)
         if not inf:
             continue
         ratios = [r["ratio_best"] for r in inf["rows"] if r["batch"] >= 32 and r["ratio_best"]]
-        met = all(r >= 1.2 for r in ratios) if ratios else None
-        rows.append(
-            [
-                f"Keras float inference >= 1.2x timm, batch 32 ({label})",
-                f"{len(ratios)} pairs",
-                _fmt_ratio(ratios),
-                C.verdict(met),
-            ]
-        )
+        target = f"Keras float inference >= 1.2x timm, batch 32 ({label})"
+        rows.append(_target_row(target, ratios, "pairs", lambda x: x >= 1.2))
         r1 = [r["ratio_best"] for r in inf["rows"] if r["batch"] == 1 and r["ratio_best"]]
         if r1:
             rows.append([f"(batch 1, {label}; no target)", f"{len(r1)} pairs", _fmt_ratio(r1), ""])
-    tfl = _load(directory, "tflite_latency")
-    if tfl:
-        two = [r for r in tfl["rows"] if r.get("threads") == 2 and r.get("latency")]
-        v = [r["best_int8_vs_fp32"] for r in two if r.get("best_int8_vs_fp32")]
-        rows.append(
-            [
-                "TFLite int8 (best int8 file) <= 0.5x TFLite fp32 (batch 1, 2 threads)",
-                f"{len(v)} variants",
-                _fmt_ratio(v),
-                C.verdict(all(x <= 0.5 for x in v) if v else None),
-            ]
-        )
-        v = [r["best_int8_vs_ort"] for r in two if r.get("best_int8_vs_ort")]
-        rows.append(
-            [
-                "TFLite int8 <= 0.67x ONNX Runtime fp32 (timm twin)",
-                f"{len(v)} variants",
-                _fmt_ratio(v),
-                C.verdict(all(x <= 0.67 for x in v) if v else None),
-            ]
-        )
-        failed = sorted(
-            {
-                f"{r['model']} {q}"
-                for r in tfl["rows"]
-                for q, info in (r.get("files") or {}).items()
-                if "error" in info
-            }
-        )
-        if failed:
-            rows.append(["(exports that failed)", ", ".join(failed), "", ""])
-    tr = _load(directory, "training_step")
-    if tr:
-        ratios = [r["ratio"] for r in tr["rows"] if r.get("ratio")]
-        rows.append(
-            [
-                "Training step >= 1.0x PyTorch, batch 32",
-                f"{len(ratios)} configs",
-                _fmt_ratio(ratios),
-                C.verdict(all(x >= 1.0 for x in ratios) if ratios else None),
-            ]
-        )
-        mem = [
-            r["ours"]["peak_rss_mib"] / r["peer"]["peak_rss_mib"] for r in tr["rows"] if "peer" in r
-        ]
-        rows.append(
-            [
-                "Training peak RSS <= PyTorch's",
-                f"{len(mem)} configs",
-                _fmt_ratio(mem),
-                C.verdict(all(x <= 1.0 for x in mem) if mem else None),
-            ]
-        )
-    ip = _load(directory, "input_pipeline")
-    if ip:
-        v = [r["pipeline_over_step"] for r in ip.get("rows", []) if r.get("pipeline_over_step")]
-        rows.append(
-            [
-                "Input pipeline >= 3x training step (benchmarks/input_pipeline.py)",
-                f"{len(v)} recipes",
-                _fmt_ratio(v),
-                C.verdict(all(x >= 3 for x in v) if v else None),
-            ]
-        )
-    return C.print_table(
-        "Speed targets (ratios: ours / peer; latency ratios: int8 / reference)",
-        ["target", "measured on", "measured", "verdict"],
-        rows,
+    return rows
+
+
+def _tflite_rows(tfl) -> list:
+    if not tfl:
+        return []
+    two = [r for r in tfl["rows"] if r.get("threads") == 2 and r.get("latency")]
+    vs_fp32 = [r["best_int8_vs_fp32"] for r in two if r.get("best_int8_vs_fp32")]
+    vs_ort = [r["best_int8_vs_ort"] for r in two if r.get("best_int8_vs_ort")]
+    rows = [
+        _target_row(
+            "TFLite int8 (best int8 file) <= 0.5x TFLite fp32 (batch 1, 2 threads)",
+            vs_fp32,
+            "variants",
+            lambda x: x <= 0.5,
+        ),
+        _target_row(
+            "TFLite int8 <= 0.67x ONNX Runtime fp32 (timm twin)",
+            vs_ort,
+            "variants",
+            lambda x: x <= 0.67,
+        ),
+    ]
+    failed = sorted(
+        {
+            f"{r['model']} {q}"
+            for r in tfl["rows"]
+            for q, info in (r.get("files") or {}).items()
+            if "error" in info
+        }
     )
+    if failed:
+        rows.append(["(exports that failed)", ", ".join(failed), "", ""])
+    return rows
+
+
+def _training_rows(tr) -> list:
+    if not tr:
+        return []
+    ratios = [r["ratio"] for r in tr["rows"] if r.get("ratio")]
+    mem = [r["ours"]["peak_rss_mib"] / r["peer"]["peak_rss_mib"] for r in tr["rows"] if "peer" in r]
+    return [
+        _target_row(
+            "Training step >= 1.0x PyTorch, batch 32", ratios, "configs", lambda x: x >= 1.0
+        ),
+        _target_row("Training peak RSS <= PyTorch's", mem, "configs", lambda x: x <= 1.0),
+    ]
+
+
+def _pipeline_rows(ip) -> list:
+    if not ip:
+        return []
+    v = [r["pipeline_over_step"] for r in ip.get("rows", []) if r.get("pipeline_over_step")]
+    target = "Input pipeline >= 3x training step (benchmarks/input_pipeline.py)"
+    return [_target_row(target, v, "recipes", lambda x: x >= 3)]
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
-from benchmarks.worker import LocalWorker, SubprocessWorker  # noqa: E402
 from tests.support.photos import photo_crops  # noqa: E402
 
 CACHE_DIR = C.BENCH_DIR / ".cache"
@@ -232,8 +231,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     peer_py = C.peer_python(args.peer_python)
     models = [n for n, _ in C.parse_pairs(args.models)]
-    threads = [int(t) for t in args.threads.split(",")]
-    size = args.image_size
     payload = {
         "benchmark": "tflite_latency",
         "machine": C.machine_info(),
@@ -246,117 +243,130 @@ def main(argv=None) -> int:
     payload["qat_available"] = quantize is not None and not args.no_qat
 
     n_cal = args.calibration_samples
-    crops = photo_crops(n_cal + 4, size, seed=0)  # the crops the int8 tests calibrate on
+    crops = photo_crops(n_cal + 4, args.image_size, seed=0)  # the crops the int8 tests calibrate on
     calib, held_out = crops[:n_cal], crops[n_cal:]
-
-    ours = (
-        LocalWorker("keras", label="ours")
-        if args.smoke
-        else SubprocessWorker("keras", label="ours")
-    )
-    peer = SubprocessWorker("timm", peer_py, label="peer") if peer_py else None
     rows = []
-    try:
-        payload["versions"] = {"ours": ours.call("hello")["versions"]}
-        if peer:
-            payload["versions"]["peer"] = peer.call("hello")["versions"]
+    with C.Workers(C.keras_worker(args.smoke), C.peer_worker(peer_py)) as workers:
+        payload["versions"] = {"ours": workers.ours.call("hello")["versions"]}
+        if workers.peer:
+            payload["versions"]["peer"] = workers.peer.call("hello")["versions"]
         for name in models:
-            timm_name = C.timm_peer(name)
-            model, files = convert_all(name, size, calib, args, export, quantize, print)
-            with tempfile.TemporaryDirectory(prefix="mvit3-tflite-") as workdir:
-                check_outputs(ours, model, files, held_out, workdir)
-            del model
-            _clear_keras()
-            if not args.smoke and ours.proc.poll() is not None:  # the runtime aborted the worker
-                ours.close()
-                ours = SubprocessWorker("keras", label="ours")
-            desc = ours.call("describe", model=name, size=size)
-            onnx = None
-            if peer and timm_name:
-                onnx_path = os.path.join(args.cache_dir, f"timm_{timm_name}_{size}.onnx")
-                # Exported every run (seconds): the file then holds this process's weights,
-                # which the ONNX Runtime vs PyTorch check below needs.
-                peer.call("export_onnx", model=timm_name, path=onnx_path, size=size)
-                onnx = {
-                    "path": onnx_path,
-                    "timm": timm_name,
-                    **peer.call("describe", model=timm_name),
-                    "vs_pytorch": peer.call(
-                        "onnx_check", model=timm_name, path=onnx_path, size=size
-                    ),
-                }
-            if args.convert_only:
-                rows.append({"model": name, "files": files, "onnx": onnx, "latency": {}})
-                continue
-            for t in threads:
-                entries = {}
-                for quant, info in files.items():
-                    if "error" in info:
-                        continue
-                    key = f"tflite/{name}/{quant}/{t}"
-                    ours.call("build_tflite", key=key, path=info["path"], threads=t)
-                    entries[key] = (ours, quant)
-                if onnx:
-                    key = f"ort/{timm_name}/{t}"
-                    peer.call("build_ort", key=key, path=onnx["path"], threads=t)
-                    entries[key] = (peer, "ort_fp32")
-
-                def runner(key, entries=entries):
-                    return entries[key][0].call("time", key=key, iters=args.iters)["seconds"]
-
-                times = C.interleave(entries, args.rounds, runner)
-                lat = {}
-                for key, (worker, label) in entries.items():
-                    worker.call("free", key=key)
-                    lat[label] = {
-                        "median_ms": 1000 * C.median(times[key]),
-                        "spread": C.spread(times[key]),
-                        "n": len(times[key]),
-                    }
-                fp32 = lat.get("fp32", {}).get("median_ms")
-                ort = lat.get("ort_fp32", {}).get("median_ms")
-                row = {
-                    "model": name,
-                    "params": desc["params"],
-                    "macs_official": desc["macs_official"],
-                    "macs_real": desc["macs_real"],
-                    "threads": t,
-                    "image_size": size,
-                    "latency": lat,
-                    "files": files,
-                    "onnx": onnx,
-                }
-                for q in INT8_KINDS:
-                    if q in lat:
-                        ms = lat[q]["median_ms"]
-                        row[f"{q}_vs_fp32"] = ms / fp32 if fp32 else None
-                        row[f"{q}_vs_ort"] = ms / ort if ort else None
-                present = [q for q in INT8_KINDS if q in lat]
-                if present:
-                    best_ms, best_q = min((lat[q]["median_ms"], q) for q in present)
-                    row["best_int8"] = best_q
-                    row["best_int8_vs_fp32"] = best_ms / fp32 if fp32 else None
-                    row["best_int8_vs_ort"] = best_ms / ort if ort else None
-                    if t == 2:  # the targets: batch 1, 2 threads, best int8 file
-                        row["target_vs_fp32_met"] = (
-                            best_ms <= TARGET_VS_FP32 * fp32 if fp32 else None
-                        )
-                        row["target_vs_ort_met"] = best_ms <= TARGET_VS_ORT * ort if ort else None
-                rows.append(row)
-                print(
-                    f"[{name} t{t}] "
-                    + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in lat.items()),
-                    flush=True,
-                )
+            files = convert_and_check(workers, args, name, calib, held_out, export, quantize)
+            rows += measure_model(workers, args, name, files)
         payload["rows"] = rows
         payload["table"] = _table(rows)
         out_name = "tflite_files" if args.convert_only else "tflite_latency"
         C.write_results(args.output_dir, out_name, payload)
-    finally:
-        ours.close()
-        if peer:
-            peer.close()
     return 0
+
+
+def convert_and_check(workers, args, name, calib, held_out, export, quantize) -> dict:
+    """``name``'s files (:func:`convert_all`), each checked against the Keras model."""
+    model, files = convert_all(name, args.image_size, calib, args, export, quantize, print)
+    with tempfile.TemporaryDirectory(prefix="mvit3-tflite-") as workdir:
+        check_outputs(workers.ours, model, files, held_out, workdir)
+    del model
+    _clear_keras()
+    if not args.smoke and workers.ours.proc.poll() is not None:  # the runtime aborted the worker
+        workers.fresh_ours()
+    return files
+
+
+def export_onnx(peer, args, timm_name) -> dict | None:
+    """The timm twin as ONNX (None without a peer), checked against PyTorch."""
+    if not (peer and timm_name):
+        return None
+    size = args.image_size
+    onnx_path = os.path.join(args.cache_dir, f"timm_{timm_name}_{size}.onnx")
+    # Exported every run (seconds): the file then holds this process's weights,
+    # which the ONNX Runtime vs PyTorch check below needs.
+    peer.call("export_onnx", model=timm_name, path=onnx_path, size=size)
+    return {
+        "path": onnx_path,
+        "timm": timm_name,
+        **peer.call("describe", model=timm_name),
+        "vs_pytorch": peer.call("onnx_check", model=timm_name, path=onnx_path, size=size),
+    }
+
+
+def measure_model(workers, args, name, files) -> list:
+    """The rows of ``name``: one per thread count (one without latencies with --convert-only)."""
+    timm_name = C.timm_peer(name)
+    desc = workers.ours.call("describe", model=name, size=args.image_size)
+    onnx = export_onnx(workers.peer, args, timm_name)
+    if args.convert_only:
+        return [{"model": name, "files": files, "onnx": onnx, "latency": {}}]
+    rows = []
+    for t in [int(t) for t in args.threads.split(",")]:
+        lat = time_files(workers, args, name, files, onnx, t)
+        rows.append(latency_row(name, desc, t, args.image_size, lat, files, onnx))
+        print(
+            f"[{name} t{t}] " + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in lat.items()),
+            flush=True,
+        )
+    return rows
+
+
+def time_files(workers, args, name, files, onnx, t) -> dict:
+    """Median latency (ms) of every file and of the ONNX model at ``t`` threads, interleaved."""
+    ours, peer = workers.ours, workers.peer
+    entries = {}
+    for quant, info in files.items():
+        if "error" in info:
+            continue
+        key = f"tflite/{name}/{quant}/{t}"
+        ours.call("build_tflite", key=key, path=info["path"], threads=t)
+        entries[key] = (ours, quant)
+    if onnx:
+        key = f"ort/{onnx['timm']}/{t}"
+        peer.call("build_ort", key=key, path=onnx["path"], threads=t)
+        entries[key] = (peer, "ort_fp32")
+
+    def runner(key):
+        return entries[key][0].call("time", key=key, iters=args.iters)["seconds"]
+
+    times = C.interleave(entries, args.rounds, runner)
+    lat = {}
+    for key, (worker, label) in entries.items():
+        worker.call("free", key=key)
+        lat[label] = {
+            "median_ms": 1000 * C.median(times[key]),
+            "spread": C.spread(times[key]),
+            "n": len(times[key]),
+        }
+    return lat
+
+
+def latency_row(name, desc, t, size, lat, files, onnx) -> dict:
+    """The JSON row of ``name`` at ``t`` threads: latencies, int8 ratios and the targets."""
+    fp32 = lat.get("fp32", {}).get("median_ms")
+    ort = lat.get("ort_fp32", {}).get("median_ms")
+    row = {
+        "model": name,
+        "params": desc["params"],
+        "macs_official": desc["macs_official"],
+        "macs_real": desc["macs_real"],
+        "threads": t,
+        "image_size": size,
+        "latency": lat,
+        "files": files,
+        "onnx": onnx,
+    }
+    for q in INT8_KINDS:
+        if q in lat:
+            ms = lat[q]["median_ms"]
+            row[f"{q}_vs_fp32"] = ms / fp32 if fp32 else None
+            row[f"{q}_vs_ort"] = ms / ort if ort else None
+    present = [q for q in INT8_KINDS if q in lat]
+    if present:
+        best_ms, best_q = min((lat[q]["median_ms"], q) for q in present)
+        row["best_int8"] = best_q
+        row["best_int8_vs_fp32"] = best_ms / fp32 if fp32 else None
+        row["best_int8_vs_ort"] = best_ms / ort if ort else None
+        if t == 2:  # the targets: batch 1, 2 threads, best int8 file
+            row["target_vs_fp32_met"] = best_ms <= TARGET_VS_FP32 * fp32 if fp32 else None
+            row["target_vs_ort_met"] = best_ms <= TARGET_VS_ORT * ort if ort else None
+    return row
 
 
 def _table(rows):

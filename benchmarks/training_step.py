@@ -25,7 +25,6 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
-from benchmarks.worker import LocalWorker, SubprocessWorker  # noqa: E402
 
 DEFAULT_PAIRS = (
     "mobilevitv3_050:mobilevitv2_050,mobilevitv3_xxs:mobilevit_xxs,mobilevit_xxs,mobilevitv2_050"
@@ -50,36 +49,12 @@ def parse_args(argv=None):
 
 def measure(name, timm_name, size, args, peer_py) -> dict:
     label = f"{name}@{size}"
-    ours = (
-        LocalWorker("keras", label="ours")
-        if args.smoke
-        else SubprocessWorker("keras", label=f"ours-{label}")
-    )
-    peer = (
-        SubprocessWorker("timm", peer_py, label=f"peer-{label}")
-        if (peer_py and timm_name)
-        else None
-    )
-    try:
+    ours = C.keras_worker(args.smoke, label=f"ours-{label}")
+    peer = C.peer_worker(peer_py, label=f"peer-{label}") if timm_name else None
+    with C.Workers(ours, peer):
         sides = {"ours": ours} | ({"peer": peer} if peer else {})
         base = {k: w.call("rss") for k, w in sides.items()}
-        desc = {"ours": ours.call("describe", model=name, size=size)}
-        warmup = 1 if args.smoke else 2
-        build = {
-            "ours": ours.call(
-                "build_train", key="train", model=name, batch=args.batch, size=size, warmup=warmup
-            )
-        }
-        if peer:
-            desc["peer"] = peer.call("describe", model=timm_name)
-            build["peer"] = peer.call(
-                "build_train",
-                key="train",
-                model=timm_name,
-                batch=args.batch,
-                size=size,
-                variant=args.peer_variant,
-            )
+        desc, build = build_steps(ours, peer, name, timm_name, size, args)
 
         def runner(side):
             return sides[side].call("time", key="train", iters=1)["seconds"]
@@ -94,30 +69,60 @@ def measure(name, timm_name, size, args, peer_py) -> dict:
             "in_process": args.smoke,
         }
         for side in sides:
-            sec = C.median(times[side])
             out[side] = {
                 "params": desc[side]["params"],
-                "median_step_s": sec,
-                "images_per_s": args.batch / sec,
-                "spread": C.spread(times[side]),
-                "n": len(times[side]),
+                **step_figures(times[side], args.batch),
                 "peak_rss_mib": after[side]["peak_rss_mib"],
                 "baseline_rss_mib": base[side]["rss_mib"],
                 "peak_increment_mib": after[side]["peak_rss_mib"] - base[side]["rss_mib"],
                 **({"jit_compile": build[side].get("jit_compile")} if side == "ours" else {}),
             }
         if peer:
-            out["ratio"] = out["ours"]["images_per_s"] / out["peer"]["images_per_s"]
-            out["throughput_target_met"] = out["ratio"] >= TARGET_RATIO
-            out["memory_target_met"] = out["ours"]["peak_rss_mib"] <= out["peer"]["peak_rss_mib"]
-            out["memory_increment_target_met"] = (
-                out["ours"]["peak_increment_mib"] <= out["peer"]["peak_increment_mib"]
-            )
+            out.update(targets(out["ours"], out["peer"]))
         return out
-    finally:
-        ours.close()
-        if peer:
-            peer.close()
+
+
+def build_steps(ours, peer, name, timm_name, size, args):
+    """``(desc, build)`` of each side: the model description and its built training step."""
+    desc = {"ours": ours.call("describe", model=name, size=size)}
+    warmup = 1 if args.smoke else 2
+    build = {
+        "ours": ours.call(
+            "build_train", key="train", model=name, batch=args.batch, size=size, warmup=warmup
+        )
+    }
+    if peer:
+        desc["peer"] = peer.call("describe", model=timm_name)
+        build["peer"] = peer.call(
+            "build_train",
+            key="train",
+            model=timm_name,
+            batch=args.batch,
+            size=size,
+            variant=args.peer_variant,
+        )
+    return desc, build
+
+
+def step_figures(seconds, batch) -> dict:
+    sec = C.median(seconds)
+    return {
+        "median_step_s": sec,
+        "images_per_s": batch / sec,
+        "spread": C.spread(seconds),
+        "n": len(seconds),
+    }
+
+
+def targets(ours, peer) -> dict:
+    """Throughput ratio and the throughput / memory targets of one configuration."""
+    ratio = ours["images_per_s"] / peer["images_per_s"]
+    return {
+        "ratio": ratio,
+        "throughput_target_met": ratio >= TARGET_RATIO,
+        "memory_target_met": ours["peak_rss_mib"] <= peer["peak_rss_mib"],
+        "memory_increment_target_met": ours["peak_increment_mib"] <= peer["peak_increment_mib"],
+    }
 
 
 def main(argv=None) -> int:

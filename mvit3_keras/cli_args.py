@@ -20,37 +20,36 @@ from __future__ import annotations
 import argparse
 
 
+def _checked_number(text: str, convert, accept, what: str):
+    """``convert(text)`` when ``accept`` takes it, else the argparse error naming ``what``."""
+    try:
+        value = convert(text)
+    except ValueError:
+        value = None
+    if value is None or not accept(value):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """``argparse`` type: a whole number > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-    return value
+    return _checked_number(text, int, lambda v: v > 0, "a whole number > 0")
 
 
 def non_negative_int(text: str) -> int:
     """``argparse`` type: a whole number >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
+    return _checked_number(text, int, lambda v: v >= 0, "a whole number >= 0")
 
 
 def positive_float(text: str) -> float:
     """``argparse`` type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return value
+    return _checked_number(text, float, lambda v: v > 0, "a number > 0")
+
+
+def add_count(p, flag: str, *, help: str, default=None, zero_ok: bool = False) -> None:
+    """``FLAG N``: a whole number > 0 (``zero_ok``: >= 0)."""
+    kind = non_negative_int if zero_ok else positive_int
+    p.add_argument(flag, type=kind, default=default, metavar="N", help=help)
 
 
 # ---------------------------------------------------------------------------------------

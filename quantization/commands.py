@@ -106,13 +106,7 @@ def _add_evaluate_parser(subparsers) -> None:
         metavar="MODEL.keras",
         help="the float (or QAT) Keras model to compare with",
     )
-    p.add_argument(
-        "--limit",
-        type=cli_args.positive_int,
-        default=None,
-        metavar="N",
-        help="evaluate on the first N images",
-    )
+    cli_args.add_count(p, "--limit", help="evaluate on the first N images")
     cli_args.add_threads(p)
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation ignore label")
     cli_args.add_json_file(p, what="the evaluation")
@@ -129,19 +123,9 @@ def _add_file_tool_parsers(subparsers) -> None:
         "tflite", nargs="+", metavar="FILE.tflite", help="the models to time (several: one table)"
     )
     cli_args.add_threads(p)
-    p.add_argument(
-        "--runs",
-        type=cli_args.positive_int,
-        default=50,
-        metavar="N",
-        help="timed runs (default: 50)",
-    )
-    p.add_argument(
-        "--warmup",
-        type=cli_args.non_negative_int,
-        default=10,
-        metavar="N",
-        help="untimed runs first (default: 10)",
+    cli_args.add_count(p, "--runs", help="timed runs (default: 50)", default=50)
+    cli_args.add_count(
+        p, "--warmup", help="untimed runs first (default: 10)", default=10, zero_ok=True
     )
     p.add_argument("--profile", action="store_true", help="per-op profile (one-op models)")
     p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
@@ -161,13 +145,7 @@ def _add_file_tool_parsers(subparsers) -> None:
 
     p = subparsers.add_parser("inspect-tflite", help="ops, versions, dtypes and I/O quantization")
     p.add_argument("tflite", metavar="FILE.tflite", help="the model to inspect")
-    p.add_argument(
-        "--ops",
-        type=cli_args.non_negative_int,
-        default=0,
-        metavar="N",
-        help="also list the first N ops",
-    )
+    cli_args.add_count(p, "--ops", help="also list the first N ops", default=0, zero_ok=True)
     cli_args.add_json_file(p, what="the report")
     p.set_defaults(handler=_cmd_inspect)
 
@@ -189,13 +167,7 @@ def _add_qat_parser(subparsers) -> None:
         help="peak learning rate (cosine decay)",
     )
     cli_args.add_batch_size(p, default=64, use="training batch")
-    p.add_argument(
-        "--steps-per-epoch",
-        type=cli_args.positive_int,
-        default=None,
-        metavar="N",
-        help="(default: the training recipe's)",
-    )
+    cli_args.add_count(p, "--steps-per-epoch", help="(default: the training recipe's)")
     _add_calibration_samples(p, default=256)
     p.add_argument("--target", default="generic", choices=QAT_TARGETS)
     p.add_argument("--keep-float", default="", help="generic target: attention,normalization")
@@ -210,12 +182,11 @@ def _add_qat_parser(subparsers) -> None:
 
 
 def _add_calibration_samples(p, *, default: int) -> None:
-    p.add_argument(
+    cli_args.add_count(
+        p,
         "--calibration-samples",
-        type=cli_args.positive_int,
-        default=default,
-        metavar="N",
         help=f"images for the int8 ranges (default: {default})",
+        default=default,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -26,8 +27,6 @@ def reference():
 
 @pytest.fixture(scope="session")
 def summary(reference):
-    import json
-
     with open(reference / "summary.json", encoding="utf-8") as f:
         return json.load(f)["variants"]
 
@@ -53,6 +52,41 @@ def assert_close_to_reference(actual, expected, *, rel=2e-4, what="output"):
         f"{what}: max |diff| {err:.3e} > {tol:.3e} ({rel} x std {expected.std():.3e})"
     )
     return err
+
+
+@pytest.fixture
+def fresh_keras_session():
+    """Clears the Keras session after the test (``pytestmark = pytest.mark.usefixtures(...)``
+    in modules that build many models)."""
+    yield
+    import keras
+
+    keras.backend.clear_session()
+
+
+def assert_official_state_dict(reference, entry, model):
+    """``model``'s cvnets state_dict has the names and shapes of the official ``entry``
+    (``keys/<entry>.json`` of the reference data)."""
+    from mvit3_keras import to_cvnets_state_dict
+
+    with open(reference / "keys" / f"{entry}.json", encoding="utf-8") as f:
+        expected = {k: tuple(shape) for k, shape in json.load(f)}
+    got = {k: tuple(v.shape) for k, v in to_cvnets_state_dict(model).items()}
+    assert got == expected
+
+
+def save_and_reload(model, path):
+    """``model`` saved to ``path`` and loaded back, with the loaded model's record (the
+    variant, task and head it was built with), checked equal to ``model``'s."""
+    import keras
+
+    from mvit3_keras import model_record
+
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    record = model_record(loaded)
+    assert record == model_record(model)
+    return loaded, record
 
 
 def pytest_collection_modifyitems(config, items):

@@ -86,13 +86,18 @@ def test_round_trip_is_exact():
         np.testing.assert_array_equal(wa.numpy(), wb.numpy())
 
 
+def _mismatch_message(variant, state) -> str:
+    """The :class:`CheckpointMismatchError` text of loading ``state`` into ``variant``."""
+    model = m.create_model(variant)
+    with pytest.raises(CheckpointMismatchError) as err:
+        m.load_cvnets_weights(model, state)
+    return str(err.value)
+
+
 def test_missing_key_error_lists_it(xxs_state):
     state = dict(xxs_state)
     del state["layer_4.1.global_rep.2.pre_norm_ffn.1.weight"]
-    model = m.create_model("mobilevitv3_xxs")
-    with pytest.raises(CheckpointMismatchError) as err:
-        m.load_cvnets_weights(model, state)
-    text = str(err.value)
+    text = _mismatch_message("mobilevitv3_xxs", state)
     assert "1 missing" in text and "layer_4.1.global_rep.2.pre_norm_ffn.1.weight" in text
     assert "strict=False" in text
 
@@ -108,10 +113,7 @@ def test_wrong_shape_error_lists_both_shapes(xxs_state):
 
 
 def test_wrong_variant_error_names_the_right_one(xxs_state):
-    model = m.create_model("mobilevitv3_xs")
-    with pytest.raises(CheckpointMismatchError) as err:
-        m.load_cvnets_weights(model, xxs_state)
-    text = str(err.value)
+    text = _mismatch_message("mobilevitv3_xs", xxs_state)
     assert "looks like 'mobilevitv3_xxs'" in text and "num_classes=1000" in text
     assert "shape mismatches" in text
 

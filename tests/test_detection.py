@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import subprocess
@@ -13,7 +12,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import assert_close_to_reference, load_parity
+from conftest import (
+    assert_close_to_reference,
+    assert_official_state_dict,
+    load_parity,
+    save_and_reload,
+)
 
 import mvit3_keras as m
 from mvit3_keras.detection import (
@@ -45,10 +49,7 @@ DET_ENTRIES = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _fresh_session():
-    yield
-    keras.backend.clear_session()
+pytestmark = pytest.mark.usefixtures("fresh_keras_session")
 
 
 @pytest.mark.parametrize("entry", DET_ENTRIES)
@@ -59,10 +60,7 @@ def test_official_params_macs_and_keys(reference, summary, entry):
     assert m.count_params(det) == ref["params"]
     # summary.json rounds the official profiler's MACs to 1e3.
     assert abs(m.count_macs(det)["official"] - ref["macs"]) <= 500
-    with open(reference / "keys" / f"{entry}.json", encoding="utf-8") as f:
-        expected = {k: tuple(shape) for k, shape in json.load(f)}
-    got = {k: tuple(v.shape) for k, v in m.to_cvnets_state_dict(det).items()}
-    assert got == expected
+    assert_official_state_dict(reference, entry, det)
     assert det.output["confidences"].shape == (None, 3232, 81)
     assert det.anchors().shape == (3232, 4)
 
@@ -264,17 +262,13 @@ def test_fit_step_and_keras_round_trip(tmp_path):
     history = det.fit(x, y, epochs=1, batch_size=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
 
-    path = tmp_path / "det.keras"
-    det.save(path)
-    loaded = keras.models.load_model(path)
+    loaded, record = save_and_reload(det, tmp_path / "det.keras")
     assert type(loaded).__name__ == "SSDDetector"
     for key, value in det(x[:1]).items():
         np.testing.assert_array_equal(np.asarray(loaded(x[:1])[key]), np.asarray(value))
     np.testing.assert_array_equal(loaded.anchors(), det.anchors())
     result = loaded.detect(x[:1], score_threshold=0.0, max_detections=5)
     assert result["boxes"].shape == (1, 5, 4)
-    record = m.model_record(loaded)
-    assert record == m.model_record(det)
     assert (record.variant, record.task, record.head, record.num_classes) == (
         "mobilevitv3_xxs",
         "detection",
@@ -295,6 +289,7 @@ _RUN_TFLITE = textwrap.dedent(
     """
     import sys, numpy as np
     from ai_edge_litert.interpreter import Interpreter
+    from mvit3_keras.compat import interpreter_ops
     interpreter = Interpreter(model_path=sys.argv[1])
     ops = {op["op_name"] for op in interpreter_ops(interpreter)}
     assert "TFLite_Detection_PostProcess" in ops, ops

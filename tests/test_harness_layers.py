@@ -66,6 +66,24 @@ def quantize_wrapper_kwargs():
     return dict(layer=keras.layers.Add(name="add"))
 
 
+OUTPUT_STATE = ("output_quantizer",)  # the int8 range of a QAT layer's output
+QUANTIZER_STATE = ("quantizer",)  # QuantNormalization, quantized attention
+
+
+def qat_case(name, init_kwargs, input_shapes, output_shape, variant="", *, state=OUTPUT_STATE):
+    """A QAT layer's case: a training step updates its quantizer ``state``, and under
+    ``mixed_float16`` it refuses to build (QAT layers compute in float32)."""
+    return LayerCase(
+        name,
+        init_kwargs,
+        input_shapes,
+        output_shape,
+        variant,
+        updated_weights=state,
+        rejects_mixed_precision=True,
+    )
+
+
 # Known bugs the harness found (strict xfails: fixing the layer turns them into failures
 # that ask for the mark to be removed).
 QUANT_RANGES = ("range_min", "range_max", "initialized")  # ActivationQuantizer EMA state
@@ -150,90 +168,41 @@ LAYER_CASES = (
     LayerCase(
         "ActivationQuantizer", {"fixed_range": [0.0, 1.0]}, (2, 4, 4, 3), (2, 4, 4, 3), "fixed"
     ),
-    LayerCase(
-        "QuantConv",
-        conv_quant_kwargs,
-        (2, 6, 6, 4),
-        (2, 6, 6, 8),
-        updated_weights=("output_quantizer",),
-        rejects_mixed_precision=True,
+    qat_case("QuantConv", conv_quant_kwargs, (2, 6, 6, 4), (2, 6, 6, 8)),
+    qat_case("QuantConv", dense_quant_kwargs, (2, 4, 12, 5), (2, 4, 12, 6), "dense"),
+    qat_case("QuantActivation", {}, (2, 4, 4, 3), (2, 4, 4, 3)),
+    qat_case(
+        "QuantizeWrapper", quantize_wrapper_kwargs, [(2, 4, 4, 3), (2, 4, 4, 3)], (2, 4, 4, 3)
     ),
-    LayerCase(
-        "QuantConv",
-        dense_quant_kwargs,
-        (2, 4, 12, 5),
-        (2, 4, 12, 6),
-        "dense",
-        updated_weights=("output_quantizer",),
-        rejects_mixed_precision=True,
-    ),
-    LayerCase(
-        "QuantActivation",
-        {},
-        (2, 4, 4, 3),
-        (2, 4, 4, 3),
-        updated_weights=("output_quantizer",),
-        rejects_mixed_precision=True,
-    ),
-    LayerCase(
-        "QuantizeWrapper",
-        quantize_wrapper_kwargs,
-        [(2, 4, 4, 3), (2, 4, 4, 3)],
-        (2, 4, 4, 3),
-        updated_weights=("output_quantizer",),
-        rejects_mixed_precision=True,
-    ),
-    LayerCase(
-        "QuantNormalization",
-        {"axes": [-1]},
-        TOKENS,
-        TOKENS,
-        updated_weights=("quantizer",),
-        rejects_mixed_precision=True,
-    ),
-    LayerCase(
+    qat_case("QuantNormalization", {"axes": [-1]}, TOKENS, TOKENS, state=QUANTIZER_STATE),
+    qat_case(
         "QuantNormalization",
         {"axes": [-1], "ema_decay": 0.99, "float_statistics": True},
         TOKENS,
         TOKENS,
         "float_statistics",
-        updated_weights=("quantizer",),
-        rejects_mixed_precision=True,
+        state=QUANTIZER_STATE,
     ),
-    LayerCase(
+    qat_case(
         "QuantMultiHeadSelfAttention",
         {"num_heads": 2, "float_core": True},
         QKV_V1,
         ATTENDED,
         "float_core",
-        updated_weights=("quantizer",),
-        rejects_mixed_precision=True,
+        state=QUANTIZER_STATE,
     ),
-    LayerCase(
+    qat_case(
         "QuantLinearSelfAttention",
         {"target": "edgetpu"},
         QKV_V2,
         ATTENDED,
         "edgetpu",
-        updated_weights=("quantizer",),
-        rejects_mixed_precision=True,
+        state=QUANTIZER_STATE,
     ),
-    LayerCase(
-        "QuantMultiHeadSelfAttention",
-        {"num_heads": 2},
-        QKV_V1,
-        ATTENDED,
-        updated_weights=("quantizer",),
-        rejects_mixed_precision=True,
+    qat_case(
+        "QuantMultiHeadSelfAttention", {"num_heads": 2}, QKV_V1, ATTENDED, state=QUANTIZER_STATE
     ),
-    LayerCase(
-        "QuantLinearSelfAttention",
-        {},
-        QKV_V2,
-        ATTENDED,
-        updated_weights=("quantizer",),
-        rejects_mixed_precision=True,
-    ),
+    qat_case("QuantLinearSelfAttention", {}, QKV_V2, ATTENDED, state=QUANTIZER_STATE),
     # Old class names kept so that earlier saved .keras files load (same layers).
     LayerCase("UnfoldExport", {"target": "generic"}, MAP, TOKENS),
     LayerCase("FoldExport", {"target": "edgetpu"}, [TOKENS, MAP], MAP),

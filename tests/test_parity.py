@@ -48,19 +48,11 @@ def test_classification_parity(reference, stem):
                 assert err <= 1e-4, f"{stem} {module}: max |diff| {err:.2e} > 1e-4"
 
 
-def test_dynamic_size_model_matches_static(reference):
+@pytest.mark.parametrize("stem", ["cls_xx_small_v3", "cls_w0.5"])  # v3 and the v2 family
+def test_dynamic_size_model_matches_static(reference, stem):
     """A model built for any size (None, None, 3) gives the same logits."""
-    data = load_parity(reference, "cls_xx_small_v3")
-    dynamic = m.create_model("mobilevitv3_xxs", input_shape=(None, None, 3))
-    m.load_cvnets_weights(dynamic, data, rgb_input=False)
-    for i in range(3):
-        x = data[f"ref__input{i}"].astype(np.float32)
-        assert_close_to_reference(dynamic.predict(x, verbose=0), data[f"ref__output{i}"])
-
-
-def test_dynamic_size_v2_family(reference):
-    data = load_parity(reference, "cls_w0.5")
-    dynamic = m.create_model("mobilevitv3_050", input_shape=(None, None, 3))
+    data = load_parity(reference, stem)
+    dynamic = m.create_model(CASES[stem], input_shape=(None, None, 3))
     m.load_cvnets_weights(dynamic, data, rgb_input=False)
     for i in range(3):
         x = data[f"ref__input{i}"].astype(np.float32)

@@ -34,6 +34,17 @@ def test_parse_edgetpu_compiler_log():
     assert parsed["ops"][1]["status"] == "Operation not supported"
 
 
+def mvit3(command, path, **options) -> int:
+    """``mvit3 COMMAND PATH --option value ...`` (``some_option`` -> ``--some-option``;
+    ``True``: a bare flag), in this process; the exit code."""
+    args = [command, str(path)]
+    for name, value in options.items():
+        args.append("--" + name.replace("_", "-"))
+        if value is not True:
+            args.append(str(value))
+    return main(args)
+
+
 @pytest.fixture(scope="module")
 def demo_model(tmp_path_factory):
     """A MobileViTv3-XXS with 10 classes at 32x32 (the demo data's size)."""
@@ -48,50 +59,16 @@ def demo_model(tmp_path_factory):
 def test_cli_export_evaluate_benchmark_report(demo_model, tmp_path, capsys):
     tfl = tmp_path / "xxs_int8.tflite"
     export_json = tmp_path / "export.json"
-    assert (
-        main(
-            [
-                "export",
-                str(demo_model),
-                "--quant",
-                "int8",
-                "--output",
-                str(tfl),
-                "--dataset",
-                "demo",
-                "--split",
-                "train",
-                "--calibration-samples",
-                "32",
-                "--json",
-                str(export_json),
-            ]
-        )
-        == 0
-    )
+    export = dict(quant="int8", output=tfl, dataset="demo", split="train")
+    assert mvit3("export", demo_model, **export, calibration_samples=32, json=export_json) == 0
     out = capsys.readouterr().out
     assert "calibration: 32 images of demo/train" in out and "verified in a separate" in out
     report = json.loads(export_json.read_text())
     assert report["quant"] == "int8" and report["inputs"][0]["shape"] == [1, 32, 32, 3]
 
     eval_json = tmp_path / "eval.json"
-    assert (
-        main(
-            [
-                "evaluate-tflite",
-                str(tfl),
-                "--dataset",
-                "demo",
-                "--limit",
-                "64",
-                "--keras",
-                str(demo_model),
-                "--json",
-                str(eval_json),
-            ]
-        )
-        == 0
-    )
+    evaluate = dict(dataset="demo", limit=64, keras=demo_model, json=eval_json)
+    assert mvit3("evaluate-tflite", tfl, **evaluate) == 0
     result = json.loads(eval_json.read_text())
     assert result["num_images"] == 64
     assert {"top1", "top5"} <= set(result["tflite"]) and {"top1", "top5"} <= set(result["keras"])
@@ -99,43 +76,23 @@ def test_cli_export_evaluate_benchmark_report(demo_model, tmp_path, capsys):
     assert "agreement" in capsys.readouterr().out
 
     bench_json = tmp_path / "bench.json"
-    assert (
-        main(
-            [
-                "benchmark",
-                str(tfl),
-                "--threads",
-                "1",
-                "--runs",
-                "3",
-                "--warmup",
-                "1",
-                "--profile",
-                "--json",
-                str(bench_json),
-            ]
-        )
-        == 0
-    )
+    assert mvit3("benchmark", tfl, threads=1, runs=3, warmup=1, profile=True, json=bench_json) == 0
     bench = json.loads(bench_json.read_text())
     assert bench["median_ms"] > 0 and bench["p90_ms"] >= bench["median_ms"] * 0.5
     assert "CONV_2D" in bench["profile"]["by_type"]
     assert "sum of per-op medians" in capsys.readouterr().out
 
-    assert main(["edgetpu-report", str(tfl), "--verbose"]) == 0
+    assert mvit3("edgetpu-report", tfl, verbose=True) == 0
     text = capsys.readouterr().out
     assert "first op on the CPU" in text and "edgetpu_compiler not on PATH" in text
-    assert main(["inspect-tflite", str(tfl), "--ops", "3"]) == 0
+    assert mvit3("inspect-tflite", tfl, ops=3) == 0
     assert "CONV_2D" in capsys.readouterr().out
 
 
 def test_cli_errors_are_clear(demo_model, tmp_path, capsys):
-    assert (
-        main(["export", str(demo_model), "--quant", "int8", "--output", str(tmp_path / "x.tflite")])
-        == 2
-    )
+    assert mvit3("export", demo_model, quant="int8", output=tmp_path / "x.tflite") == 2
     assert "needs calibration data" in capsys.readouterr().err
-    assert main(["edgetpu-report", str(tmp_path / "missing.tflite")]) == 2
+    assert mvit3("edgetpu-report", tmp_path / "missing.tflite") == 2
     assert "no such .tflite file" in capsys.readouterr().err
 
 
@@ -143,27 +100,8 @@ def test_cli_errors_are_clear(demo_model, tmp_path, capsys):
 def test_cli_qat_finetune_and_export(demo_model, tmp_path, capsys):
     out = tmp_path / "qat.keras"
     tfl = tmp_path / "qat.tflite"
-    assert (
-        main(
-            [
-                "qat",
-                str(demo_model),
-                "--dataset",
-                "demo",
-                "--output",
-                str(out),
-                "--epochs",
-                "1",
-                "--steps-per-epoch",
-                "2",
-                "--calibration-samples",
-                "32",
-                "--export",
-                str(tfl),
-            ]
-        )
-        == 0
-    )
+    qat = dict(dataset="demo", output=out, epochs=1, steps_per_epoch=2, calibration_samples=32)
+    assert mvit3("qat", demo_model, **qat, export=tfl) == 0
     text = capsys.readouterr().out
     assert out.is_file() and tfl.is_file() and "QAT" in text
     summary = json.loads((tmp_path / "qat.keras.json").read_text())

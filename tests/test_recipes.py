@@ -240,36 +240,21 @@ def test_every_recipe_is_printable_and_cites_its_source():
             assert recipe.source.endswith(".yaml") or ".yaml " in recipe.source
 
 
-def test_default_recipes_per_model():
-    assert (
-        recipes.default_recipe("mobilevitv3_xxs", "classification", "imagenet2012")
-        == "mobilevitv3_xxs_in1k"
-    )
-    assert (
-        recipes.default_recipe("mobilevitv3_s_l2", "classification", "imagenet2012")
-        == "mobilevitv3_s_in1k"
-    )
-    assert (
-        recipes.default_recipe("mobilevit_xs", "classification", "imagenet2012")
-        == "mobilevit_xs_in1k"
-    )
-    assert (
-        recipes.default_recipe("mobilevitv3_050", "classification", "imagenet2012")
-        == "mobilevitv2_in1k"
-    )
-    assert (
-        recipes.default_recipe("mobilevitv2_100", "classification", "imagenet2012")
-        == "mobilevitv2_in1k"
-    )
-    assert (
-        recipes.default_recipe("mobilevitv3_xs", "segmentation", "voc2012")
-        == "deeplabv3_voc_mobilevitv3_xs"
-    )
-    assert (
-        recipes.default_recipe("mobilevitv3_100", "segmentation", "scene_parse150")
-        == "deeplabv3_ade20k_mobilevitv3_v2"
-    )
-    assert recipes.default_recipe("mobilevitv3_xxs", "classification", "demo") == "demo"
+@pytest.mark.parametrize(
+    "model, task, dataset, expected",
+    [
+        ("mobilevitv3_xxs", "classification", "imagenet2012", "mobilevitv3_xxs_in1k"),
+        ("mobilevitv3_s_l2", "classification", "imagenet2012", "mobilevitv3_s_in1k"),
+        ("mobilevit_xs", "classification", "imagenet2012", "mobilevit_xs_in1k"),
+        ("mobilevitv3_050", "classification", "imagenet2012", "mobilevitv2_in1k"),
+        ("mobilevitv2_100", "classification", "imagenet2012", "mobilevitv2_in1k"),
+        ("mobilevitv3_xs", "segmentation", "voc2012", "deeplabv3_voc_mobilevitv3_xs"),
+        ("mobilevitv3_100", "segmentation", "scene_parse150", "deeplabv3_ade20k_mobilevitv3_v2"),
+        ("mobilevitv3_xxs", "classification", "demo", "demo"),
+    ],
+)
+def test_default_recipes_per_model(model, task, dataset, expected):
+    assert recipes.default_recipe(model, task, dataset) == expected
 
 
 def test_overrides_are_parsed_and_checked():

@@ -8,7 +8,12 @@ import math
 import keras
 import numpy as np
 import pytest
-from conftest import assert_close_to_reference, load_parity
+from conftest import (
+    assert_close_to_reference,
+    assert_official_state_dict,
+    load_parity,
+    save_and_reload,
+)
 
 import mvit3_keras as m
 from mvit3_keras import specs as S
@@ -44,10 +49,7 @@ def _entry_args(entry):
     return spec_for_cvnets_name(variant).name, head, preset
 
 
-@pytest.fixture(autouse=True)
-def _fresh_session():
-    yield
-    keras.backend.clear_session()
+pytestmark = pytest.mark.usefixtures("fresh_keras_session")
 
 
 # --------------------------------------------------------------------------------------
@@ -65,10 +67,7 @@ def test_official_params_macs_and_keys(reference, summary, entry):
     # The official profiler (MACs at 512x512, rounded to 1e3 in summary.json); the
     # training-only aux head is not counted, as in the official profile.
     assert abs(m.count_macs(seg)["official"] - ref["macs"]) <= 500
-    with open(reference / "keys" / f"{entry}.json", encoding="utf-8") as f:
-        expected = {k: tuple(shape) for k, shape in json.load(f)}
-    got = {k: tuple(v.shape) for k, v in m.to_cvnets_state_dict(seg).items()}
-    assert got == expected
+    assert_official_state_dict(reference, entry, seg)
 
 
 def _cls_encoder_params(reference, spec):
@@ -410,16 +409,12 @@ def test_keras_round_trip(tmp_path):
         input_shape=(64, 80, 3),
     )
     assert "seg_head.aux_head.aux_projection.block.conv" in [layer.name for layer in seg.layers]
-    path = tmp_path / "seg.keras"
-    seg.save(path)
-    loaded = keras.models.load_model(path)
+    loaded, record = save_and_reload(seg, tmp_path / "seg.keras")
     assert type(loaded).__name__ == "Segmenter"
     x = np.random.RandomState(0).rand(1, 64, 80, 3).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(seg(x)))
     assert loaded.segmentation_config == seg.segmentation_config
     assert set(loaded(x, training=True)) == {"logits", "aux_logits"}
-    record = m.model_record(loaded)
-    assert record == m.model_record(seg)
     assert (record.variant, record.task, record.head, record.preset) == (
         "mobilevitv3_xxs",
         "segmentation",

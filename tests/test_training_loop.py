@@ -147,33 +147,25 @@ def test_init_from_official_layout_checkpoint(tiny_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_digits_accuracy(tmp_path):
-    """The README demo's training: >= 95 % validation top-1 on the real digits."""
+@pytest.mark.parametrize(
+    "task_args, metric, minimum",
+    [
+        # The README demo's training: >= 95 % validation top-1 on the real digits.
+        pytest.param(dict(recipe="demo", image_size=32), "top1", 0.95, id="digits_accuracy"),
+        pytest.param(dict(task="segmentation"), "miou", 0.7, id="segmentation_learns_shapes"),
+    ],
+)
+def test_demo_training_reaches(tmp_path, task_args, metric, minimum):
     s = train(
         TrainConfig(
             model="mobilevitv3_xxs",
             dataset="demo",
-            recipe="demo",
-            image_size=32,
             output=str(tmp_path / "demo"),
             overrides=["runtime.verbose=2"],
+            **task_args,
         )
     )
-    assert s["final"]["top1"] >= 0.95, s["final"]
-
-
-@pytest.mark.slow
-def test_segmentation_learns_shapes(tmp_path):
-    s = train(
-        TrainConfig(
-            model="mobilevitv3_xxs",
-            dataset="demo",
-            task="segmentation",
-            output=str(tmp_path / "seg"),
-            overrides=["runtime.verbose=2"],
-        )
-    )
-    assert s["final"]["miou"] >= 0.7, s["final"]
+    assert s["final"][metric] >= minimum, s["final"]
 
 
 @pytest.mark.parametrize(

@@ -82,13 +82,7 @@ def _add_recipe_values(p) -> None:
         use="per-replica batch; global = x replicas",
         default_text="the recipe's dataset.train_batch_size0",
     )
-    p.add_argument(
-        "--epochs",
-        type=cli_args.positive_int,
-        default=None,
-        metavar="N",
-        help="scheduler.max_epochs (default: the recipe's)",
-    )
+    cli_args.add_count(p, "--epochs", help="scheduler.max_epochs (default: the recipe's)")
 
 
 def _add_evaluate(subparsers) -> None:
