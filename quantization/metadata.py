@@ -244,28 +244,37 @@ def _thresholding(spec: MetadataSpec) -> list:
     return [{"options": ("ScoreThresholdingOptions", {"global_score_threshold": threshold})}]
 
 
+def _class_axis_tensor(model, subgraph, spec: MetadataSpec, shape: str, **fields) -> dict:
+    """The metadata of the one output whose last axis is the classes (``shape``: its
+    layout, e.g. ``"[1, classes]"``), labelled by ``spec.labels`` when given."""
+    info = _single_output(model, subgraph, shape.count(",") + 1, shape)
+    _check_label_count(spec.labels, info["shape"][-1], "classes (output channels)")
+    labels = [_labels_file("TENSOR_AXIS_LABELS")] if spec.labels else None
+    return {**fields, "associated_files": labels}
+
+
+LOGITS_TENSOR = {
+    "name": "logits",
+    "description": "class logits (softmax gives the probabilities; the top-1 is the argmax)",
+    "content": {"content_properties": ("FeatureProperties", {})},
+}
+MASKS_TENSOR = {
+    "name": "segmentation_masks",
+    "description": "per-pixel class logits; the category mask is their argmax",
+    "content": {"content_properties": ("ImageProperties", {"color_space": "GRAYSCALE"})},
+}
+
+
 def _classification_outputs(model, subgraph, spec: MetadataSpec):
-    info = _single_output(model, subgraph, 2, "[1, classes]")
-    _check_label_count(spec.labels, info["shape"][1], "classes (output channels)")
-    tensor = {
-        "name": "logits",
-        "description": "class logits (softmax gives the probabilities; the top-1 is the argmax)",
-        "content": {"content_properties": ("FeatureProperties", {})},
-        "process_units": _thresholding(spec) or None,
-        "associated_files": [_labels_file("TENSOR_AXIS_LABELS")] if spec.labels else None,
-    }
+    thresholds = _thresholding(spec) or None
+    tensor = _class_axis_tensor(
+        model, subgraph, spec, "[1, classes]", **LOGITS_TENSOR, process_units=thresholds
+    )
     return [tensor], None, spec.labels
 
 
 def _segmentation_outputs(model, subgraph, spec: MetadataSpec):
-    info = _single_output(model, subgraph, 4, "[1, H, W, classes]")
-    _check_label_count(spec.labels, info["shape"][3], "classes (output channels)")
-    tensor = {
-        "name": "segmentation_masks",
-        "description": "per-pixel class logits; the category mask is their argmax",
-        "content": {"content_properties": ("ImageProperties", {"color_space": "GRAYSCALE"})},
-        "associated_files": [_labels_file("TENSOR_AXIS_LABELS")] if spec.labels else None,
-    }
+    tensor = _class_axis_tensor(model, subgraph, spec, "[1, H, W, classes]", **MASKS_TENSOR)
     # MediaPipe's image_segmenter_metadata_schema.fbs: the output activation.
     options = {"activation": "SOFTMAX", "min_parser_version": "1.0.0"}
     custom = {

@@ -293,7 +293,7 @@ def test_verbose_flag_before_or_after_the_command():
     from mvit3_cli import build_parser
 
     parser = build_parser()
-    base = ["train", "--model", "mobilevitv3_xxs", "--dataset", "demo"]
+    base = ["train", "mobilevitv3_xxs", "--dataset", "demo"]
     assert parser.parse_args(["--verbose", *base]).verbose is True
     assert parser.parse_args([*base, "--verbose"]).verbose is True
     assert parser.parse_args(base).verbose is False

@@ -394,6 +394,22 @@ class SegmentationTask(Task):
         return ((r"^(?!encoder\.)", mult),) if mult != 1.0 else ()
 
 
+# create_segmenter argument -> key of the recipe's model.segmentation.<head> section
+HEAD_OPTIONS = {
+    "deeplabv3": {
+        "aspp_channels": "aspp_out_channels",
+        "aspp_rates": "aspp_rates",
+        "aspp_dropout": "aspp_dropout",
+        "aspp_separable": "aspp_sep_conv",
+    },
+    "pspnet": {
+        "psp_channels": "psp_out_channels",
+        "psp_pool_sizes": "psp_pool_sizes",
+        "psp_dropout": "psp_dropout",
+    },
+}
+
+
 def segmenter_options(values, source, dataset: str) -> dict:
     """Keyword arguments of :func:`mvit3_keras.segmentation.create_segmenter` from the
     recipe's ``model.segmentation`` section (ml-cvnets option names); head options the
@@ -410,21 +426,9 @@ def segmenter_options(values, source, dataset: str) -> dict:
         aux_loss_weight=values.loss.segmentation.cross_entropy.aux_weight,
         classifier_dropout=seg.classifier_dropout,
     )
-    if seg.seg_head == "deeplabv3":
-        d = seg.deeplabv3
-        kwargs.update(
-            aspp_channels=d.aspp_out_channels,
-            aspp_rates=d.aspp_rates,
-            aspp_dropout=d.aspp_dropout,
-            aspp_separable=d.aspp_sep_conv,
-        )
-    if seg.seg_head == "pspnet":
-        p = seg.pspnet
-        kwargs.update(
-            psp_channels=p.psp_out_channels,
-            psp_pool_sizes=p.psp_pool_sizes,
-            psp_dropout=p.psp_dropout,
-        )
+    head_section = getattr(seg, seg.seg_head, None)
+    for argument, key in HEAD_OPTIONS.get(seg.seg_head, {}).items():
+        kwargs[argument] = getattr(head_section, key)
     return {key: value for key, value in kwargs.items() if value is not None}
 
 
