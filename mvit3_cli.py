@@ -75,6 +75,8 @@ HARMLESS = tuple(
         r"triggered tf\.function retracing",
         r"Skipping variable loading for optimizer",
         r"Your `PyDataset` class should call",
+        r"WARNING: Logging before InitGoogle\(\) is written to STDERR",  # MediaPipe Tasks
+        r"inference_feedback_manager\.cc.*Feedback manager requires a model with a single",
         r"^\s*warnings\.warn\(\s*$",
         r"^\s*$",
     )
