@@ -153,7 +153,8 @@ def test_quantized_twins_override_only_quantization_points():
         keras.ops.convert_to_numpy(twin(x)),
         keras.ops.convert_to_numpy(MultiHeadSelfAttention(2)(x)),
     )
-    points = {"build", "quantize_point", "affine_constant"}  # build: creates the quantizers
+    # build / build_quantizers: create the quantizers; quantize_point: apply them
+    points = {"build", "build_quantizers", "quantize_point", "affine_constant"}
     for base, cls in [
         (MultiHeadSelfAttention, QuantMultiHeadSelfAttention),
         (LinearSelfAttention, QuantLinearSelfAttention),
