@@ -17,12 +17,6 @@ import os
 APP_TITLE = "what an app ships: int8 + metadata, classified by MediaPipe Tasks"
 
 
-def _train_result(context: dict) -> dict:
-    from mvit3_examples.demo.train import TRAIN_TITLE
-
-    return context["results"][TRAIN_TITLE]
-
-
 def mediapipe_top1(path: str, pixels) -> list:
     """``[(label, score), ...]`` of MediaPipe's ``ImageClassifier`` on uint8 RGB images."""
     import mediapipe as mp
@@ -47,13 +41,13 @@ def step_app(context: dict) -> dict:
     import keras
     import numpy as np
 
-    from mvit3_examples.demo.train import demo_eval_arrays
+    from mvit3_examples.demo.train import demo_eval_arrays, train_result
     from quantization.export import export_tflite
 
     if importlib.util.find_spec("mediapipe") is None:
         print("  MediaPipe Tasks is not installed (pip install mediapipe): step not run")
         return {"ran": False, "reason": "mediapipe is not installed"}
-    train = _train_result(context)
+    train = train_result(context, "app")
     size = int(train["image_size"])
     out = os.path.join(context["output"], "app")
     os.makedirs(out, exist_ok=True)

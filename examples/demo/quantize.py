@@ -15,20 +15,12 @@ from __future__ import annotations
 import json
 import os
 
+from mvit3_examples.demo.train import train_result
+
 QUANTIZE_TITLE = "int8 export: fp32 / PTQ int8 / QAT int8 evaluated in LiteRT"
-TRAIN_STEP_PREFIX = "train on real data"
 PTQ_TOLERANCE = 0.010  # top-1 within 1.0 point of float
 QAT_TOLERANCE = 0.003  # top-1 within 0.3 points of float
 NUM_CALIBRATION_IMAGES = 200
-
-
-def _train_result(context: dict) -> dict:
-    for title, result in context.get("results", {}).items():
-        if title.startswith(TRAIN_STEP_PREFIX):
-            return result
-    raise RuntimeError(
-        "the int8 export step needs the training step's model (run the whole `mvit3 demo`)"
-    )
 
 
 def format_table(rows: list) -> str:
@@ -180,7 +172,7 @@ def step_quantize(context: dict) -> dict:
     import numpy as np
 
     quick = bool(context.get("quick"))
-    train = _train_result(context)
+    train = train_result(context, "int8 export")
     out = os.path.join(context["output"], "quantization")
     os.makedirs(out, exist_ok=True)
     size = int(train["image_size"])

@@ -16,6 +16,19 @@ from __future__ import annotations
 import os
 
 TRAIN_TITLE = "train on real data: MobileViTv3-XXS on the bundled digits (CPU)"
+
+
+def train_result(context: dict, step: str) -> dict:
+    """The training step's result in the demo ``context`` (``step`` names the step that
+    needs it, for the error when the demo was not run as a whole)."""
+    result = context.get("results", {}).get(TRAIN_TITLE)
+    if result is None:
+        raise RuntimeError(
+            f"the {step} step needs the training step's model (run the whole `mvit3 demo`)"
+        )
+    return result
+
+
 DEMO_MODEL = "mobilevitv3_xxs"
 DEMO_IMAGE_SIZE = 32
 
