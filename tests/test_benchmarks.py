@@ -52,6 +52,7 @@ def test_inference_smoke(tmp_path):
     assert plot.plot(str(tmp_path)) and (tmp_path / "latency_vs_macs.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # the default suite runs the inference benchmark's smoke test
 def test_training_step_smoke(tmp_path):
     _run("training_step", tmp_path)
     (row,) = _load(tmp_path, "training_step")["rows"]
@@ -80,6 +81,7 @@ def test_profile_tf_smoke(tmp_path):
     assert prof["busy_us_per_step"] > 0
 
 
+@pytest.mark.slow
 def test_tflite_latency_smoke(tmp_path):
     _run("tflite_latency", tmp_path)
     data = _load(tmp_path, "tflite_latency")

@@ -164,7 +164,7 @@ def plain_venv(tmp_path_factory):
     return bin_dir, env, work
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=12)
 @pytest.mark.xdist_group("plain_install")
 def test_plain_install_has_no_extras(plain_venv):
     bin_dir, env, work = plain_venv

@@ -9,7 +9,7 @@ import os
 import pytest
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=12)
 def test_demo_quantization_and_app_steps(tmp_path):
     from mvit3_examples.demo.app import step_app
     from mvit3_examples.demo.quantize import step_quantize

@@ -109,7 +109,10 @@ def _predict_in_fresh_process(path, images, tmp_path):
 
 @pytest.mark.parametrize(
     "name, target, min_cosine",
-    [("mobilevitv3_xxs", "generic", 0.97), ("mobilevitv3_050", "edgetpu", 0.90)],
+    [
+        ("mobilevitv3_xxs", "generic", 0.97),
+        pytest.param("mobilevitv3_050", "edgetpu", 0.90, marks=pytest.mark.slow),
+    ],
 )
 def test_qat_export_reproduces_the_qat_model(name, target, min_cosine, tmp_path, crops):
     """The int8 file computes what the QAT model computes: the converter takes every
@@ -198,7 +201,7 @@ def _demo_float_model(task):
     return segmenter.inference_model()
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=8)
 @pytest.mark.parametrize("task, metric", [("classification", "top1"), ("segmentation", "miou")])
 def test_qat_finetune_is_the_trainer_with_a_quantized_model(task, metric, tmp_path):
     """``qat_finetune`` = :class:`training.trainer.Trainer` with ``quantize_model`` as the

@@ -27,7 +27,7 @@ from quantization.export import cosine_similarity
 
 CASES = [
     ("mobilevitv3_xxs", "cls_xx_small_v3", 0.99),
-    ("mobilevitv3_050", "cls_w0.5", 0.97),
+    pytest.param("mobilevitv3_050", "cls_w0.5", 0.97, marks=pytest.mark.slow),
     pytest.param("mobilevit_xxs", "cls_mobilevit_xx_small", 0.99, marks=pytest.mark.slow),
     pytest.param("mobilevitv2_050", "cls_mobilevit_v2_w0.5", 0.96, marks=pytest.mark.slow),
 ]

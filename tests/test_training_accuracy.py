@@ -30,7 +30,7 @@ COMMAND = [
 ]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=10)
 def test_four_epoch_demo_fine_tune_reaches_90_percent(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "mvit3_cli", *COMMAND, "--output", str(out)]

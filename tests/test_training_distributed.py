@@ -46,7 +46,7 @@ def _free_ports(n):
     return ports
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=8)
 def test_multiworker_two_local_workers(tmp_path):
     out = tmp_path / "multiworker"
     ports = _free_ports(2)

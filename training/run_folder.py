@@ -185,7 +185,6 @@ def load_run_model(target, weights, dataset, image_size, opened):
         values, 1, lr_multiplier_rules=task.lr_multiplier_rules(values)
     )
     task.compile(model, values, source, optimizer=optimizer)
-    model.optimizer.build(model.trainable_variables)
     model.load_weights(os.path.join(backup, state["weights"]))
     if weights == "ema":
         if not cb.uses_ema(model):
