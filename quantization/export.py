@@ -208,7 +208,7 @@ def metadata_spec(prepared: PreparedModel, labels=None, metadata=None):
     given, else one made from ``labels`` (a list or a labels file) and the model's record
     (task, variant name); ``None`` when neither is given."""
     from mvit3_keras import model_record
-    from quantization.metadata import MetadataSpec
+    from quantization.metadata import TASKS, MetadataSpec
 
     if metadata is not None:
         if labels is not None:
@@ -217,7 +217,8 @@ def metadata_spec(prepared: PreparedModel, labels=None, metadata=None):
     if labels is None:
         return None
     record = model_record(prepared.source) if prepared.source is not None else None
-    task = record.task if record is not None and record.task != "backbone" else "classification"
+    # a backbone (no head of its own) is described like a classifier's outputs
+    task = record.task if record is not None and record.task in TASKS else "classification"
     name = f"mvit3_keras {record.variant}" if record is not None else "mvit3_keras model"
     return MetadataSpec(task=task, labels=labels, name=name, description=f"{name} ({task})")
 

@@ -43,6 +43,7 @@ from quantization import metadata_schema as schema_md
 from quantization.inspection import op_name, read_model, schema, tensor_info
 
 TASKS = ("classification", "segmentation", "detection")
+SCORED_TASKS = ("classification", "detection")  # outputs a score threshold applies to
 METADATA_BUFFER_NAME = "TFLITE_METADATA"
 SEGMENTER_METADATA_NAME = "SEGMENTER_METADATA"
 LABELS_FILE = "labels.txt"
@@ -107,8 +108,10 @@ class MetadataSpec:
                 f"input_range must be (low, high) with low < high, got {self.input_range}"
             )
         object.__setattr__(self, "input_range", (low, high))
-        if self.score_threshold is not None and self.task == "segmentation":
-            raise MetadataError("score_threshold applies to classification and detection only")
+        if self.score_threshold is not None and self.task not in SCORED_TASKS:
+            raise MetadataError(
+                f"score_threshold applies to {' and '.join(SCORED_TASKS)} only, not {self.task}"
+            )
 
     @property
     def output_kinds(self) -> tuple:
