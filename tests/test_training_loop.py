@@ -14,6 +14,8 @@ from training import callbacks as cb  # noqa: E402
 from training.loop import RunConflictError, TrainConfig, evaluate, train  # noqa: E402
 
 TINY = ["runtime.max_val_examples=32", "runtime.tensorboard=false"]
+# one xdist worker: the module's tiny training run (``tiny_run``) is made once, not per worker
+pytestmark = pytest.mark.xdist_group("training_loop")
 
 
 def _config(out, **kw):
