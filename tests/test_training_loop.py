@@ -14,8 +14,9 @@ from training import callbacks as cb  # noqa: E402
 from training.loop import RunConflictError, TrainConfig, evaluate, train  # noqa: E402
 
 TINY = ["runtime.max_val_examples=32", "runtime.tensorboard=false"]
-# one xdist worker: the module's tiny training run (``tiny_run``) is made once, not per worker
-pytestmark = pytest.mark.xdist_group("training_loop")
+# the tests of the module's tiny training run (``tiny_run``) share one xdist worker, so
+# the run is made once, not on each worker
+on_tiny_run_worker = pytest.mark.xdist_group("tiny_run")
 
 
 def _config(out, **kw):
@@ -45,6 +46,7 @@ def tiny_run(tmp_path_factory):
     return out, summary
 
 
+@on_tiny_run_worker
 def test_run_outputs(tiny_run):
     out, s = tiny_run
     for name in (
@@ -74,6 +76,7 @@ def test_run_outputs(tiny_run):
     assert model.input_shape == (None, 32, 32, 3) and model.output_shape == (None, 10)
 
 
+@on_tiny_run_worker
 def test_default_output_is_one_line_per_epoch(tiny_run):
     printed = tiny_run[1]["printed"].splitlines()
     epochs = [line for line in printed if line.startswith("epoch ")]
@@ -83,6 +86,7 @@ def test_default_output_is_one_line_per_epoch(tiny_run):
     assert any(line.startswith("best val top1 (best.keras)") for line in printed)
 
 
+@on_tiny_run_worker
 def test_evaluate_ema_raw_best(tiny_run):
     out, s = tiny_run
     ema = evaluate(str(out), weights="ema")
@@ -96,6 +100,7 @@ def test_evaluate_ema_raw_best(tiny_run):
     assert model_file["top1"] == pytest.approx(ema["top1"], abs=1e-6)
 
 
+@on_tiny_run_worker
 def test_evaluate_command(tiny_run, capsys):
     from mvit3_cli import main
 
@@ -104,6 +109,7 @@ def test_evaluate_command(tiny_run, capsys):
     assert '"top1"' in capsys.readouterr().out
 
 
+@on_tiny_run_worker
 def test_same_output_with_another_config_is_refused(tiny_run):
     out, _ = tiny_run
     before = sorted(os.listdir(out))
@@ -126,6 +132,7 @@ def test_init_with_a_1000_class_checkpoint_names_the_fix(tmp_path):
 
 
 @pytest.mark.slow
+@on_tiny_run_worker
 def test_init_from_official_layout_checkpoint(tiny_run, tmp_path):
     import mvit3_keras as m
 
@@ -148,7 +155,7 @@ def test_init_from_official_layout_checkpoint(tiny_run, tmp_path):
     assert s["status"] == "complete"
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=12)
 @pytest.mark.parametrize(
     "task_args, metric, minimum",
     [
@@ -365,6 +372,7 @@ def test_load_weights_except_the_head_checks_before_loading():
     assert all(np.array_equal(a, b) for a, b in zip(before, other.get_weights()))
 
 
+@on_tiny_run_worker
 def test_run_labels_are_embedded_by_export(tiny_run, tmp_path, capsys):
     """`mvit3 train` writes the dataset's class names (labels.txt); `mvit3 export` of the
     run's model embeds them as the file's TFLite metadata labels by default."""
