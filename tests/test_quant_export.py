@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from support.photos import photo_crops
+from support.variants import param
 from support.weights import recalibrate_batchnorm
 
 import mvit3_keras as m
@@ -37,10 +38,9 @@ def crops64():
 # the generic target for all four kinds; the Edge TPU target for the MobileViTv3 kinds
 # by default and for the baselines with -m slow
 FORMULATION_CASES = [
-    pytest.param(name, target, marks=pytest.mark.slow if slow else ())
+    param(name, target, slow=target == "edgetpu" and not name.startswith("mobilevitv3"))
     for target in ("generic", "edgetpu")
     for name in ("mobilevitv3_xxs", "mobilevit_xs", "mobilevitv3_050", "mobilevitv2_075")
-    for slow in [target == "edgetpu" and not name.startswith("mobilevitv3")]
 ]
 
 

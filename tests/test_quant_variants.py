@@ -10,8 +10,8 @@ PTQ calibrated on 32 real photo crops, then ALL files of a group are loaded,
 allocated and invoked by one separate LiteRT process (XNNPACK, 1 thread) on 16
 other crops. The table (cosine, top-1 agreement, CRC32 of weights and
 ``.tflite`` bytes) is printed (``pytest -s``) and attached as ``int8_sweep``.
-The default suite sweeps one variant of each architecture kind (5 minutes of
-its 2 cores' time instead of 16); the three whole groups run with ``-m slow``.
+The default suite sweeps one variant of each architecture kind (92 s alone on
+this machine; the three groups took 954 s); the whole groups run with ``-m slow``.
 
 Same numbers on every run: nothing depends on global RNG state, test order or
 the xdist worker (two runs of a group in separate processes give identical
@@ -106,12 +106,13 @@ def _sweep_and_check(names, title, tmp_path, record_property):
     print("\n" + table)
     record_property("int8_sweep", json.dumps(rows, default=str))
     _check_runs(rows, names, table)
-    for r in rows:
-        min_cosine, min_top1 = BOUNDS[_group_of(r["model"])]
-        assert r["cosine"] >= min_cosine, f"{r['model']}: int8 cosine below {min_cosine}\n{table}"
-        assert r["top1_agreement"] >= min_top1, (
-            f"{r['model']}: top-1 agreement below {min_top1:.0%}\n{table}"
-        )
+    bounds = {r["model"]: BOUNDS[_group_of(r["model"])] for r in rows}
+    low = [f"{r['model']} < {bounds[r['model']][0]}" for r in rows
+           if r["cosine"] < bounds[r["model"]][0]]  # fmt: skip
+    assert not low, f"int8 cosine below the group's bound: {low}\n{table}"
+    low = [f"{r['model']} < {bounds[r['model']][1]:.0%}" for r in rows
+           if r["top1_agreement"] < bounds[r["model"]][1]]  # fmt: skip
+    assert not low, f"top-1 agreement below the group's bound: {low}\n{table}"
 
 
 def test_int8_one_variant_per_kind_runs_in_separate_process(tmp_path, record_property):

@@ -11,7 +11,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from support.variants import REPRESENTATIVES, by_default_for
+from support.variants import REPRESENTATIVES, by_default_for, param
 
 import mvit3_keras as m
 
@@ -147,10 +147,9 @@ ONE_PER_BLOCK_TYPE = REPRESENTATIVES
 # bfloat16 (the CPU / TPU policy) for each kind; float16 (the GPU policy) for one model
 # of each family by default, the rest with -m slow
 MIXED_PRECISION_CASES = [
-    pytest.param(name, policy, marks=pytest.mark.slow if slow else ())
+    param(name, policy, slow=policy == "mixed_float16" and not name.startswith("mobilevitv3"))
     for policy in ("mixed_bfloat16", "mixed_float16")
     for name in ONE_PER_BLOCK_TYPE
-    for slow in [policy == "mixed_float16" and not name.startswith("mobilevitv3")]
 ]
 
 

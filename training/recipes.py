@@ -491,9 +491,10 @@ def default_recipe(model: str, task: str, dataset: str) -> str:
 def _default_classification_recipe(spec, dataset: str) -> str:
     for name in list_recipes("classification"):
         r = _RECIPES[name]
-        if r.name != "mobilevitv3_v2_in1k_ft384":
-            if r.dataset != "demo" and any(fnmatch.fnmatch(spec.name, p) for p in r.models):
-                return name
+        if name == "mobilevitv3_v2_in1k_ft384" or r.dataset == "demo":
+            continue
+        if any(fnmatch.fnmatch(spec.name, p) for p in r.models):
+            return name
     return "mobilevitv2_in1k"
 
 

@@ -28,9 +28,11 @@ def representatives() -> dict:
 REPRESENTATIVES = tuple(representatives().values())
 
 
+def param(*values, slow: bool = False):
+    """``pytest.param(*values)``, run only with ``-m slow`` when ``slow``."""
+    return pytest.param(*values, marks=pytest.mark.slow if slow else ())
+
+
 def by_default_for(names=REPRESENTATIVES) -> list:
     """``list_models()`` as parameters; those not in ``names`` run with ``-m slow``."""
-    return [
-        pytest.param(name, marks=() if name in names else (pytest.mark.slow,))
-        for name in mvit3_keras.list_models()
-    ]
+    return [param(name, slow=name not in names) for name in mvit3_keras.list_models()]
