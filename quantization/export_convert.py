@@ -113,6 +113,14 @@ def _io_type(options: ExportOptions):
     return tf.uint8 if options.target is Target.EDGETPU else tf.int8
 
 
+def _output_type(prepared: PreparedModel, options: ExportOptions):
+    """The file's output type: :func:`_io_type`, but float32 where the outputs are float
+    by definition (``prepared.float_outputs``: the detection post-processing op)."""
+    import tensorflow as tf
+
+    return tf.float32 if prepared.float_outputs else _io_type(options)
+
+
 def _integer_ops(prepared: PreparedModel, options: ExportOptions) -> list:
     import tensorflow as tf
 
@@ -153,7 +161,7 @@ def build_converter(prepared: PreparedModel, options: ExportOptions, calibration
     converter.target_spec.supported_ops = _integer_ops(prepared, options)
     if options.integer_io:
         converter.inference_input_type = _io_type(options)
-        converter.inference_output_type = _io_type(options)
+        converter.inference_output_type = _output_type(prepared, options)
     return converter
 
 
@@ -173,7 +181,7 @@ def _quantize_calibrated(converter, prepared: PreparedModel, options: ExportOpti
             calibrated_model,
             disable_per_channel=False,
             input_data_type=io_type,
-            output_data_type=io_type,
+            output_data_type=_output_type(prepared, options),
             denylisted_nodes=nodes,
         )
 

@@ -57,6 +57,9 @@ class PreparedModel:
             runtime, so the checks accept them).
         compares_outputs: the TF function computes what the file computes (not
             for detectors: the post-processing is a placeholder in TensorFlow).
+        float_outputs: the file's outputs stay float32 with integer I/O (detectors:
+            the post-processing op writes float boxes, classes, scores and count, as
+            in the TensorFlow Object Detection API's Edge TPU models).
     """
 
     source: Any
@@ -68,6 +71,7 @@ class PreparedModel:
     allow_float_ops: bool = False
     custom_ops: tuple = ()
     compares_outputs: bool = True
+    float_outputs: bool = False
 
     def reference_outputs(self, images: np.ndarray) -> Optional[list]:
         """Outputs of the converted TF function on ``images`` (per output), or ``None``
@@ -171,7 +175,11 @@ def prepared_graph(model, graph, options: ExportOptions, shape: tuple, allow_flo
 
 
 def _prepare_detector(detector, options: ExportOptions, shape: tuple) -> PreparedModel:
+    """The SSD network in its export formulation for ``options.target`` (as a classifier
+    gets it: the int8 range fixes and float islands of the target) followed by the
+    ``TFLite_Detection_PostProcess`` composite."""
     from mvit3_keras.detection.export import OP_NAME, detection_postprocess_module
+    from quantization.graph_rewrite import prepare_for_export
 
     own = tuple(int(s) for s in detector.input_shape[1:])
     if shape != own or options.batch_size != 1:
@@ -180,10 +188,13 @@ def _prepare_detector(detector, options: ExportOptions, shape: tuple) -> Prepare
             f"fixed); got input_shape={shape}, batch_size={options.batch_size}: build it with "
             "create_detector(..., input_shape=(H, W, 3)) instead"
         )
-    module = detection_postprocess_module(detector, **options.detection_postprocess)
+    graph = prepare_for_export(
+        detector, options.target.formulation, input_shape=shape, batch_size=1
+    )
+    module = detection_postprocess_module(detector, network=graph, **options.detection_postprocess)
     return PreparedModel(
         source=detector,
-        graph=detector,
+        graph=graph,
         function=module.serve.get_concrete_function(),
         trackable=module,
         input_shape=shape,
@@ -191,6 +202,7 @@ def _prepare_detector(detector, options: ExportOptions, shape: tuple) -> Prepare
         allow_float_ops=options.float_ops_allowed,
         custom_ops=(OP_NAME,),
         compares_outputs=False,
+        float_outputs=True,
     )
 
 

@@ -153,7 +153,7 @@ class TFLiteReport:
     int8_tensors: int
     num_tensors: int
     float_ops: list  # {"index", "op", "output"}: ops computing on float activations
-    custom_ops: list  # {"index", "op"}
+    custom_ops: list  # {"index", "op", "outputs": [tensor names]}
     dynamic_tensors: list  # names of tensors with a dynamic shape signature
     inputs: list
     outputs: list
@@ -186,7 +186,7 @@ def _op_rows(model, include_ops: bool) -> tuple:
         macs = op_macs(model, sg, op)
         total_macs += macs
         if name.startswith("CUSTOM:"):
-            custom_ops.append({"index": i, "op": name})
+            custom_ops.append({"index": i, "op": name, "outputs": [t["name"] for t in outs]})
         act = [t for t in ins if not t["constant"]] + outs
         if name not in ("QUANTIZE", "DEQUANTIZE") and any(
             t["dtype"] in ("float32", "float16") for t in act
@@ -274,25 +274,30 @@ def check_tflite(
     * ``int8`` / ``qat``: every compute op has integer activations (only the
       input ``QUANTIZE`` and output ``DEQUANTIZE`` touch floats);
     * ``int8_full``: additionally integer model inputs and outputs;
+    * an allowed custom op is post-processing with float outputs by definition (the
+      detection op decodes boxes in float32 on the CPU, as in Coral's SSD models): it
+      and the model outputs it makes are exempt from the integer checks;
     * ``fp32``: no integer activations; ``dynamic`` / ``fp16``: float activations.
     """
     from quantization.export_options import QuantType, parse_quant_type
 
     quant = parse_quant_type(quant)
     problems = _custom_op_problems(report, allowed_custom_ops)
+    allowed = {f"CUSTOM:{name}" for name in allowed_custom_ops}
+    post = [c for c in report.custom_ops if c["op"] in allowed]
+    post_outputs = {name for c in post for name in c.get("outputs", ())}
+    float_ops = [o for o in report.float_ops if o["op"] not in allowed]
     if report.num_subgraphs != 1:
         problems.append(f"{report.num_subgraphs} subgraphs (control flow); expected 1")
     if expect_static and report.dynamic_tensors:
         names = report.dynamic_tensors[:3]
         problems.append(f"dynamic tensor shapes (e.g. {names}); export with a static input shape")
-    if quant.is_integer and not allow_float_ops and report.float_ops:
-        ops = [f"{o['op']}#{o['index']} ({o['output']})" for o in report.float_ops[:5]]
-        problems.append(
-            f"{len(report.float_ops)} op(s) run in float inside an integer model: {ops}"
-        )
+    if quant.is_integer and not allow_float_ops and float_ops:
+        ops = [f"{o['op']}#{o['index']} ({o['output']})" for o in float_ops[:5]]
+        problems.append(f"{len(float_ops)} op(s) run in float inside an integer model: {ops}")
     if quant is QuantType.INT8_FULL:
         for t in report.inputs + report.outputs:
-            if t["dtype"] not in ("int8", "uint8"):
+            if t["dtype"] not in ("int8", "uint8") and t["name"] not in post_outputs:
                 problems.append(
                     f"model I/O tensor {t['name']!r} is {t['dtype']}, expected int8/uint8"
                 )

@@ -433,7 +433,10 @@ def test_mediapipe_image_segmenter(segmenter, quant, tmp_path):
 
 
 def mediapipe_detections(path, pixels) -> list:
-    """Per image: ``(class name, box (xmin, ymin, xmax, ymax) in pixels)`` per detection."""
+    """Per image: ``(class names, box (xmin, ymin, xmax, ymax) in pixels)`` per detection.
+
+    MediaPipe merges the detections of one box into one detection with several categories,
+    hence a tuple of names."""
     from mediapipe.tasks.python import vision
 
     options = vision.ObjectDetectorOptions(base_options=_mp_base(path), max_results=20)
@@ -450,13 +453,26 @@ def mediapipe_detections(path, pixels) -> list:
                 box.origin_x + box.width,
                 box.origin_y + box.height,
             )
-            boxes.append((d.categories[0].category_name, np.asarray(corners, np.float64)))
+            names = tuple(c.category_name for c in d.categories)
+            boxes.append((names, np.asarray(corners, np.float64)))
         out.append(boxes)
     return out
 
 
+def as_mediapipe_box(box, size) -> np.ndarray:
+    """``(xmin, ymin, xmax, ymax)`` as MediaPipe's ObjectDetector reports it for a
+    ``size`` x ``size`` image: the origin is clipped at the left and top edges, the width
+    and height are kept but at most ``size``; the far edges are not clipped. Measured with
+    LiteRT on the same file: ``[16.0, -2.2, 65.4, 19.2]`` -> ``[16, 0, 65, 21]``,
+    ``[85.4, 38.3, 427.4, 148.7]`` -> ``[85, 38, 405, 148]``."""
+    xmin, ymin, xmax, ymax = box
+    x0, y0 = max(xmin, 0.0), max(ymin, 0.0)
+    return np.asarray([x0, y0, x0 + min(xmax - xmin, size), y0 + min(ymax - ymin, size)])
+
+
 def litert_detections(path, images, labels, size) -> list:
-    """The same as :func:`mediapipe_detections` from LiteRT running ``path``."""
+    """The same as :func:`mediapipe_detections` from LiteRT running ``path``, one class
+    name per detection."""
     from ai_edge_litert.interpreter import Interpreter
 
     runner = Interpreter(str(path)).get_signature_runner()
@@ -470,25 +486,28 @@ def litert_detections(path, images, labels, size) -> list:
     return out
 
 
-def _matched(reference, got) -> tuple:
-    """How many ``reference`` detections ``got`` reports with the same class name and a
-    box within 2 pixels (MediaPipe's boxes are whole pixels)."""
+def _matched(reference, got, size) -> tuple:
+    """How many ``reference`` detections ``got`` reports with the class name among its
+    categories and the box, in MediaPipe's convention, within 2 pixels (MediaPipe's boxes
+    are whole pixels)."""
     matched = total = 0
     for expected, found in zip(reference, got):
         total += len(expected)
         for name, box in expected:
-            matched += any(n == name and np.abs(b - box).max() <= 2.0 for n, b in found)
+            box = as_mediapipe_box(box, size)
+            matched += any(name in names and np.abs(b - box).max() <= 2.0 for names, b in found)
     return matched, total
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="open: MediaPipe's ObjectDetector reports 54 of the 80 detections LiteRT gives "
-    "for the same fp32 file (same class name, box <= 2 px); cause not found yet",
-    strict=False,
-)
 @pytest.mark.parametrize("quant", ["fp32", "int8"])
 def test_mediapipe_object_detector(reference, quant, tmp_path):
+    """MediaPipe's ObjectDetector on the exported SSD detector (official reference weights,
+    metadata, ``TFLite_Detection_PostProcess``) reports every detection LiteRT gives for
+    the same file (80 of 80, fp32 and int8), in MediaPipe's box convention
+    (:func:`as_mediapipe_box`). Against the Keras model: fp32 80 of 80; int8 41 of 80
+    measured, because the seeded random weights score many anchors within one int8 step
+    of each other, so int8 picks a different top 20 (bound 40%)."""
     from conftest import load_parity
 
     size = 320
@@ -505,7 +524,6 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
         calibration,
         verify=False,
         detection_postprocess=DETECTION_SETTINGS,
-        allow_float_ops=quant != "fp32",  # the exporter's int8 LayerNorm NEG ops
     )
     pixels, images = _pixels(4, size)
     got = mediapipe_detections(path, pixels)
@@ -522,15 +540,15 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
         boxes = np.asarray(ref["boxes"])[i, :count] * size
         classes = np.asarray(ref["classes"])[i, :count].astype(int)
         keras_detections.append([(labels[c], b) for c, b in zip(classes, boxes)])
-    matched, total = _matched(litert_detections(path, images, labels, size), got)
+    matched, total = _matched(litert_detections(path, images, labels, size), got, size)
     print(f"MediaPipe ObjectDetector vs LiteRT, {quant}: {matched} of {total} detections")
     assert total > 0 and matched == total
-    matched, total = _matched(keras_detections, got)
+    matched, total = _matched(keras_detections, got, size)
     print(
         f"MediaPipe ObjectDetector vs Keras, {quant}: {matched} of {total} detections with "
         "the same class name and box (<= 2 px)"
     )
-    assert total > 0 and matched >= 0.5 * total
+    assert total > 0 and matched >= (1.0 if quant == "fp32" else 0.4) * total
 
 
 def test_export_embeds_labels_and_rejects_a_wrong_count(tmp_path):

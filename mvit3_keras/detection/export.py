@@ -65,14 +65,15 @@ def _implements_signature(
     return " ".join(parts)
 
 
-def _serving_module(detector, postprocess, anchors_yxhw) -> tf.Module:
-    """The ``tf.Module`` whose ``serve(image)`` runs ``detector`` and ``postprocess``."""
-    h, w, c = detector.input_shape[1:]
+def _serving_module(network, postprocess, anchors_yxhw) -> tf.Module:
+    """The ``tf.Module`` whose ``serve(image)`` runs ``network`` (outputs
+    ``{"confidences", "locations"}``) and ``postprocess``."""
+    h, w, c = network.input_shape[1:]
     # The weights enter the graph as constants (a stateless call), so the
     # converter folds them; freezing a traced graph afterwards would inline the
     # composite function and lose the custom op.
-    trainable = [tf.constant(v.numpy()) for v in detector.trainable_variables]
-    non_trainable = [tf.constant(v.numpy()) for v in detector.non_trainable_variables]
+    trainable = [tf.constant(v.numpy()) for v in network.trainable_variables]
+    non_trainable = [tf.constant(v.numpy()) for v in network.non_trainable_variables]
 
     class DetectionModule(tf.Module):
         def __init__(self):
@@ -80,7 +81,7 @@ def _serving_module(detector, postprocess, anchors_yxhw) -> tf.Module:
 
         @tf.function(input_signature=[tf.TensorSpec([1, h, w, c], tf.float32, name="image")])
         def serve(self, image):
-            outputs, _ = detector.stateless_call(trainable, non_trainable, image, training=False)
+            outputs, _ = network.stateless_call(trainable, non_trainable, image, training=False)
             scores = tf.nn.softmax(outputs["confidences"], axis=-1)
             encodings = tf.gather(outputs["locations"], [1, 0, 3, 2], axis=-1)
             boxes, classes, det_scores, num = postprocess(encodings, scores, anchors_yxhw)
@@ -103,9 +104,15 @@ def detection_postprocess_module(
     iou_threshold: float = 0.5,
     use_regular_nms: bool = True,
     max_classes_per_detection: int = 1,
+    network=None,
 ) -> tf.Module:
     """A ``tf.Module`` whose ``serve(image)`` (batch 1, the detector's static size)
     runs the detector and the ``TFLite_Detection_PostProcess`` composite.
+
+    ``network``: the functional graph to run in place of ``detector`` (the same
+    outputs), e.g. its export formulation from
+    ``quantization.graph_rewrite.prepare_for_export``; anchors and decoding come from
+    ``detector``.
 
     In TensorFlow the composite is a placeholder (returns zeros); only the
     converted model computes detections. Convert
@@ -138,4 +145,4 @@ def detection_postprocess_module(
         zero = tf.constant(0.0, tf.float32)
         return zero, zero, zero, zero
 
-    return _serving_module(detector, postprocess, anchors_yxhw)
+    return _serving_module(detector if network is None else network, postprocess, anchors_yxhw)
