@@ -32,6 +32,7 @@ from benchmarks import common as C  # noqa: E402
 CASES = {
     "cls_xxs": ("classification", "mobilevitv3_xxs", "cls_xx_small_v3", 256),
     "cls_050": ("classification", "mobilevitv3_050", "cls_w0.5", 256),
+    "cls_v2_050": ("classification", "mobilevitv2_050", "cls_mobilevit_v2_w0.5", 256),
     "seg_xxs": ("segmentation", "mobilevitv3_xxs", "seg_deeplabv3_voc_xx_small_v3", 512),
     "det_xxs": ("detection", "mobilevitv3_xxs", "det_ssd_xx_small_v3", 320),
 }

@@ -200,11 +200,14 @@ def _linear_weights(layer, norm=None):
     return kernel, bias
 
 
-def _split_core(qkv, attention, norm=None):
+def _split_core(qkv, attention, norm=None, target=None):
     """The attention core with ``qkv_proj`` (and ``norm``'s affine, if given) inside as
-    three 1x1 convs; the q scale is folded in float64."""
+    three 1x1 convs; the q scale is folded in float64. ``target``: the core's export
+    formulation (:class:`LinearSelfAttention` only), else its own."""
     units = qkv.units if isinstance(qkv, keras.layers.Dense) else qkv.filters
     config = attention.get_config()
+    if target is not None and "target" in config:
+        config["target"] = target
     if isinstance(attention, MultiHeadSelfAttention):
         config["dim"] = units // 3
         q_width, q_scale = units // 3, (units // 3 // attention.num_heads) ** -0.5
@@ -222,15 +225,18 @@ def _split_core(qkv, attention, norm=None):
     return attention.__class__.from_config(config), weights
 
 
-def split_qkv_rewrite(model, affine=None) -> Rewrite:
+def split_qkv_rewrite(model, affine=None, target=None) -> Rewrite:
     """Each ``qkv_proj`` absorbed into its attention core (:func:`attention_split_plan`;
-    the cores' ``dim`` formulation), with the norm affine of ``affine`` folded in;
-    ``qkv_proj`` itself is bypassed in the graph."""
+    the cores' ``dim`` formulation), with the norm affine of ``affine`` folded in and
+    the cores in their ``target`` export formulation; ``qkv_proj`` itself is bypassed
+    in the graph."""
     affine = {} if affine is None else affine
     plan = attention_split_plan(model)  # {qkv: attention}
     layers = {layer.name: layer for layer in iter_layers(model)}
     replacements = {
-        core.name: (lambda layer, qkv=layers[name]: _split_core(qkv, layer, affine.get(qkv.name)))
+        core.name: (
+            lambda layer, qkv=layers[name]: _split_core(qkv, layer, affine.get(qkv.name), target)
+        )
         for name, core in plan.items()
     }
     return Rewrite(replacements, frozenset(plan))

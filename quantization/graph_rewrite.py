@@ -28,6 +28,7 @@ from mvit3_keras.inference import (
     apply_rewrites,
     dense_as_conv_rewrite,
     norm_affine_rewrite,
+    split_qkv_rewrite,
 )
 from mvit3_keras.layers import (
     Fold,
@@ -95,8 +96,14 @@ def export_formulation(model: keras.Model, target: str = "generic") -> keras.Mod
     return apply_rewrites(model, [export_formulation_rewrite(model, target)])
 
 
-def export_rewrites(model, target: str, fold_affine: bool = True) -> list:
-    """The plans of :func:`prepare_for_export`, all made on ``model``."""
+def export_rewrites(
+    model, target: str, fold_affine: bool = True, split_attention: bool = True
+) -> list:
+    """The plans of :func:`prepare_for_export`, all made on ``model`` (a later plan's
+    replacement wins). Generic target with ``split_attention``: ``qkv_proj`` split into
+    the attention cores as in :func:`mvit3_keras.optimize_for_inference` (three 1x1
+    convs: no strided-slice copies, and MobileViTv2's ``relu(v)`` fused into the v conv,
+    so XNNPACK runs it in int8)."""
     affine = affine_fold_plan(model) if fold_affine else {}
     edgetpu = target == "edgetpu"
     rewrites = [
@@ -105,6 +112,8 @@ def export_rewrites(model, target: str, fold_affine: bool = True) -> list:
     ]
     if edgetpu:
         rewrites.append(dense_as_conv_rewrite(model, exclude=affine))
+    elif split_attention:
+        rewrites.append(split_qkv_rewrite(model, affine, target))
     return rewrites
 
 
@@ -115,6 +124,7 @@ def prepare_for_export(
     input_shape=None,
     batch_size: Optional[int] = 1,
     fold_norm_affine: bool = True,
+    split_attention: bool = True,
 ) -> keras.Model:
     """The model in its export formulation at a static input shape.
 
@@ -125,6 +135,9 @@ def prepare_for_export(
         batch_size: static batch (1 for on-device inference); ``None`` keeps it dynamic.
         fold_norm_affine: move the norms' gamma / beta into the following 1x1
             linear layer (:func:`mvit3_keras.inference.fold_norm_affine`).
+        split_attention: ``qkv_proj`` as q / k / v convs inside the attention cores
+            (not for the Edge TPU; QAT keeps the projection whole: its attention
+            wrappers quantize that formulation).
     """
     check_target(target)
     shape = tuple(model.inputs[0].shape[1:]) if input_shape is None else tuple(input_shape)
@@ -133,7 +146,7 @@ def prepare_for_export(
             f"the model input {tuple(model.inputs[0].shape[1:])} has dynamic sides; pass "
             "input_shape=(H, W, 3) to export at a fixed size"
         )
-    rewrites = export_rewrites(model, target, fold_norm_affine)
+    rewrites = export_rewrites(model, target, fold_norm_affine, split_attention)
     return apply_rewrites(model, rewrites, input_shape=shape, batch_size=batch_size, copy=True)
 
 

@@ -300,7 +300,7 @@ def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) 
     if is_qat_model(model):
         raise ValueError("the model is already quantization-aware")
     skipped = frozenset(layer.name for layer in iter_layers(model) if config.skips(layer))
-    prepared = prepare_for_export(model, config.target, batch_size=None)
+    prepared = prepare_for_export(model, config.target, batch_size=None, split_attention=False)
     for layer in iter_layers(prepared):
         if layer.name in skipped:
             setattr(layer, SKIP_ATTRIBUTE, True)

@@ -82,6 +82,8 @@ def test_every_target_exports_a_file_that_runs(tmp_path, crops):
         }
     )
     assert cpu.file.inputs[0]["dtype"] == "float32"
+    for target in ("cpu", "npu", "gpu", "generic"):  # q, k, v convs: no slicing copies
+        assert not any(k.startswith("STRIDED_SLICE") for k in reports[target].file.op_histogram)
     assert npu.quant is QuantType.INT8_FULL and not npu.file.float_ops
     assert npu.file.inputs[0]["dtype"] == "int8" and npu.file.outputs[0]["dtype"] == "int8"
     assert reports["edgetpu"].file.inputs[0]["dtype"] == "uint8"

@@ -168,6 +168,19 @@ def test_keep_float_islands_for_cpu(tmp_path, crops64):
         )
 
 
+def test_cpu_target_runs_v2_attention_in_one_xnnpack_partition(tmp_path, crops64):
+    """The export formulation splits ``qkv_proj`` into the attention core (q, k, v 1x1
+    convs, as ``optimize_for_inference``), so MobileViTv2's ``relu(v)`` is the v conv's
+    fused activation: no int8 RELU is left outside XNNPACK (there were 9 in 10
+    partitions for mobilevitv2_050) and no STRIDED_SLICE copies the projection."""
+    model = _model("mobilevitv2_050")
+    report = export_tflite(model, tmp_path / "v2.tflite", representative_data=crops64[:8])
+    ops = {k.split()[0] for k in report.file.op_histogram}
+    assert report.target.value == "cpu" and not ops & {"RELU", "STRIDED_SLICE"}, ops
+    xnnpack = report.delegates.xnnpack
+    assert xnnpack["partitions"] == 1 and not xnnpack["outside"], xnnpack
+
+
 def test_stock_formulation_abort_is_caught_and_located(tmp_path):
     """The stock Keras LayerNormalization lowers to SQUARED_DIFFERENCE, whose int8
     Prepare aborts the process when the squared deviations are tiny compared with
