@@ -282,10 +282,9 @@ def check_tflite(
     from quantization.export_options import QuantType, parse_quant_type
 
     quant = parse_quant_type(quant)
-    problems = _custom_op_problems(report, allowed_custom_ops)
     allowed = {f"CUSTOM:{name}" for name in allowed_custom_ops}
-    post = [c for c in report.custom_ops if c["op"] in allowed]
-    post_outputs = {name for c in post for name in c.get("outputs", ())}
+    problems = _custom_op_problems(report, allowed)
+    post_outputs = {t for c in report.custom_ops if c["op"] in allowed for t in c["outputs"]}
     float_ops = [o for o in report.float_ops if o["op"] not in allowed]
     if report.num_subgraphs != 1:
         problems.append(f"{report.num_subgraphs} subgraphs (control flow); expected 1")
@@ -310,8 +309,8 @@ def check_tflite(
     return report
 
 
-def _custom_op_problems(report: TFLiteReport, allowed_custom_ops: tuple) -> list:
-    allowed = {f"CUSTOM:{name}" for name in allowed_custom_ops}
+def _custom_op_problems(report: TFLiteReport, allowed: set) -> list:
+    """``allowed``: op names as the report writes them (``"CUSTOM:<name>"``)."""
     custom = sorted({c["op"] for c in report.custom_ops} - allowed)
     if not custom:
         return []
