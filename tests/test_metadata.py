@@ -507,7 +507,7 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
     the same file (80 of 80, fp32 and int8), in MediaPipe's box convention
     (:func:`as_mediapipe_box`). Against the Keras model: fp32 80 of 80; int8 41 of 80
     measured, because the seeded random weights score many anchors within one int8 step
-    of each other, so int8 picks a different top 20 (bound 40%)."""
+    of each other, so int8 picks a different top 20 (bound 50%, the bar this test always had)."""
     from conftest import load_parity
 
     size = 320
@@ -548,7 +548,7 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
         f"MediaPipe ObjectDetector vs Keras, {quant}: {matched} of {total} detections with "
         "the same class name and box (<= 2 px)"
     )
-    assert total > 0 and matched >= (1.0 if quant == "fp32" else 0.4) * total
+    assert total > 0 and matched >= (1.0 if quant == "fp32" else 0.5) * total
 
 
 def test_export_embeds_labels_and_rejects_a_wrong_count(tmp_path):
