@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import pytest
+from support.detections import litert_detections
 from support.photos import photo_crops, sample_images
 from support.variants import param
 from support.weights import recalibrate_batchnorm
@@ -143,23 +144,6 @@ def test_calibration_folder_without_images_is_a_clear_error(tmp_path):
 DETECTIONS = dict(max_detections=10, detections_per_class=10, score_threshold=0.0)
 
 
-def _detections(path, images) -> list:
-    """Per image: ``[(class, box (ymin, xmin, ymax, xmax))]`` of ``path`` run by LiteRT
-    through its signature (integer inputs quantized as the file says)."""
-    from quantization.runtime import load_interpreter, quantize_input
-
-    interpreter = load_interpreter(path)
-    runner = interpreter.get_signature_runner()
-    detail = runner.get_input_details()["image"]
-    out = []
-    for image in images:
-        result = runner(image=quantize_input(image[None], detail))
-        count = int(result["num_detections"][0])
-        classes = result["detection_classes"][0, :count].astype(int)
-        out.append(list(zip(classes, result["detection_boxes"][0, :count])))
-    return out
-
-
 def _found(reference, got, top=5) -> float:
     """Share of each image's ``top`` reference detections that ``got`` has too (same
     class, IoU >= 0.5)."""
@@ -186,7 +170,7 @@ def fresh_detector(tmp_path_factory):
     images = photo_crops(8, SIZE, seed=2)
     path = tmp_path_factory.mktemp("detector") / "fp32.tflite"
     export_tflite(det, path, quant="fp32", detection_postprocess=DETECTIONS)
-    return det, images, _detections(path, images)
+    return det, images, litert_detections(path, images)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +202,7 @@ def test_detector_exports_to_every_integer_target(tmp_path, fresh_detector, targ
     expected_input = {"cpu": "float32", "npu": "int8", "edgetpu": "uint8"}[target]
     assert report.file.inputs[0]["dtype"] == expected_input
     assert {t["dtype"] for t in report.file.outputs} == {"float32"}
-    found = _found(fp32_detections, _detections(path, images))
+    found = _found(fp32_detections, litert_detections(path, images))
     print(f"{target}: the int8 file finds {found:.0%} of the fp32 file's top-5 detections")
     assert found >= 0.5
 

@@ -4,14 +4,25 @@ classifier, segmenter and detector on real photos, compared with the Keras model
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
+from support.detections import litert_detections
 from support.photos import photo_crops, sample_images
 
 import mvit3_keras as m
 from quantization import export_tflite
 from quantization import metadata_schema as schema_md
+from quantization.app_clients import (
+    litert_signature_outputs,
+    mediapipe_classify,
+    mediapipe_detect,
+    mediapipe_segment,
+)
 from quantization.inspection import read_model, schema
 from quantization.metadata import (
     LABELS_FILE,
@@ -87,7 +98,7 @@ def _subgraph(data) -> dict:
 # -- unit tests ---------------------------------------------------------------------------
 
 
-def test_classification_metadata_round_trip_and_mediapipe_schema():
+def test_classification_metadata_round_trip_and_mediapipe_schema(tmp_path):
     spec = MetadataSpec(
         "classification",
         labels=("cat", "dog", "bird"),
@@ -117,15 +128,37 @@ def test_classification_metadata_round_trip_and_mediapipe_schema():
     assert logits["associated_files"][0]["name"] == LABELS_FILE
     assert logits["associated_files"][0]["type"] == "TENSOR_AXIS_LABELS"
     assert read_associated_files(data) == {LABELS_FILE: b"cat\ndog\nbird\n"}
-    # MediaPipe's own generated schema code reads the same fields.
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as mp_schema
-
+    # MediaPipe's own generated schema code reads the same fields (in a separate
+    # process: importing mediapipe loads its native runtime next to TensorFlow's).
     model, _ = read_model(data)
     entry = [e for e in model.metadata if e.name == b"TFLITE_METADATA"][0]
-    parsed = mp_schema.ModelMetadataT.InitFromPackedBuf(bytes(model.buffers[entry.buffer].data), 0)
-    tensor = parsed.subgraphMetadata[0].inputTensorMetadata[0]
-    assert parsed.minParserVersion == b"1.0.0" and list(tensor.processUnits[0].options.std) == [255]
-    assert parsed.subgraphMetadata[0].outputTensorMetadata[0].associatedFiles[0].type == 2
+    parsed = _mediapipe_parse(bytes(model.buffers[entry.buffer].data), tmp_path)
+    assert parsed == {"min_parser_version": "1.0.0", "std": [255.0], "labels_type": 2}
+
+
+MEDIAPIPE_PARSE = """
+import json, sys
+from mediapipe.tasks.metadata import metadata_schema_py_generated as mp_schema
+with open(sys.argv[1], "rb") as f:
+    parsed = mp_schema.ModelMetadataT.InitFromPackedBuf(f.read(), 0)
+graph = parsed.subgraphMetadata[0]
+print(json.dumps({
+    "min_parser_version": parsed.minParserVersion.decode(),
+    "std": [float(v) for v in graph.inputTensorMetadata[0].processUnits[0].options.std],
+    "labels_type": graph.outputTensorMetadata[0].associatedFiles[0].type,
+}))
+"""
+
+
+def _mediapipe_parse(buffer: bytes, tmp_path) -> dict:
+    """The fields MediaPipe's generated schema code reads from a metadata buffer."""
+    path = tmp_path / "metadata.bin"
+    path.write_bytes(buffer)
+    proc = subprocess.run(
+        [sys.executable, "-c", MEDIAPIPE_PARSE, str(path)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def test_adding_metadata_twice_replaces_it():
@@ -299,39 +332,16 @@ def _export_with_metadata(model, tmp_path, quant, spec, calibration, **kwargs):
 
 
 def litert_outputs(path, images) -> np.ndarray:
-    """The first output of ``path`` run by LiteRT, image by image."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreter = Interpreter(str(path))
-    interpreter.allocate_tensors()
-    source, output = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    outputs = []
-    for image in images:
-        interpreter.set_tensor(source["index"], image[None])
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(output["index"])[0])
-    return np.stack(outputs)
-
-
-def _mp_image(pixels):
-    import mediapipe as mp
-
-    return mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
-
-
-def _mp_base(path):
-    from mediapipe.tasks.python import BaseOptions
-
-    return BaseOptions(model_asset_path=str(path))
+    """The output of single-output ``path`` run by LiteRT (its signature, in a separate
+    process), image by image."""
+    results = litert_signature_outputs(path, images)
+    (name,) = results[0]
+    return np.stack([r[name] for r in results])
 
 
 def mediapipe_top1(path, pixels) -> list:
-    from mediapipe.tasks.python import vision
-
-    options = vision.ImageClassifierOptions(base_options=_mp_base(path), max_results=1)
-    with vision.ImageClassifier.create_from_options(options) as classifier:
-        results = [classifier.classify(_mp_image(p)).classifications[0] for p in pixels]
-    return [(r.categories[0].index, r.categories[0].category_name) for r in results]
+    """``(index, label)`` of MediaPipe's ``ImageClassifier`` (separate process) per image."""
+    return [top[0][:2] for top in mediapipe_classify(path, pixels, max_results=1)]
 
 
 @pytest.fixture(scope="module")
@@ -390,20 +400,6 @@ def segmenter():
     return model
 
 
-def mediapipe_category_masks(path, pixels) -> np.ndarray:
-    from mediapipe.tasks.python import vision
-
-    options = vision.ImageSegmenterOptions(
-        base_options=_mp_base(path), output_category_mask=True, output_confidence_masks=False
-    )
-    with vision.ImageSegmenter.create_from_options(options) as segmenter:
-        masks = [
-            segmenter.segment(_mp_image(p)).category_mask.numpy_view()[..., 0].copy()
-            for p in pixels
-        ]
-    return np.stack(masks)
-
-
 def _mask_agreement(masks, logits, what) -> float:
     expected = np.asarray(logits).argmax(-1)
     agreement = float(np.mean(masks == expected))
@@ -422,7 +418,7 @@ def test_mediapipe_image_segmenter(segmenter, quant, tmp_path):
     spec = MetadataSpec("segmentation", labels=SEGMENT_LABELS)
     path = _export_with_metadata(segmenter, tmp_path, quant, spec, calibration, verify=False)
     pixels, images = _pixels(6, IMAGE_SIZE)
-    masks = mediapipe_category_masks(path, pixels)
+    masks = mediapipe_segment(path, pixels)
     keras_agreement = _mask_agreement(
         masks, segmenter.predict(images, verbose=0), f"Keras, {quant}"
     )
@@ -430,33 +426,6 @@ def test_mediapipe_image_segmenter(segmenter, quant, tmp_path):
         assert keras_agreement >= 0.98
     else:
         assert _mask_agreement(masks, litert_outputs(path, images), "LiteRT, int8") >= 0.98
-
-
-def mediapipe_detections(path, pixels) -> list:
-    """Per image: ``(class names, box (xmin, ymin, xmax, ymax) in pixels)`` per detection.
-
-    MediaPipe merges the detections of one box into one detection with several categories,
-    hence a tuple of names."""
-    from mediapipe.tasks.python import vision
-
-    options = vision.ObjectDetectorOptions(base_options=_mp_base(path), max_results=20)
-    with vision.ObjectDetector.create_from_options(options) as detector:
-        results = [detector.detect(_mp_image(p)).detections for p in pixels]
-    out = []
-    for detections in results:
-        boxes = []
-        for d in detections:
-            box = d.bounding_box
-            corners = (
-                box.origin_x,
-                box.origin_y,
-                box.origin_x + box.width,
-                box.origin_y + box.height,
-            )
-            names = tuple(c.category_name for c in d.categories)
-            boxes.append((names, np.asarray(corners, np.float64)))
-        out.append(boxes)
-    return out
 
 
 def as_mediapipe_box(box, size) -> np.ndarray:
@@ -470,20 +439,13 @@ def as_mediapipe_box(box, size) -> np.ndarray:
     return np.asarray([x0, y0, x0 + min(xmax - xmin, size), y0 + min(ymax - ymin, size)])
 
 
-def litert_detections(path, images, labels, size) -> list:
-    """The same as :func:`mediapipe_detections` from LiteRT running ``path``, one class
-    name per detection."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    runner = Interpreter(str(path)).get_signature_runner()
-    out = []
-    for image in images:
-        result = runner(image=image[None])
-        count = int(result["num_detections"][0])
-        boxes = result["detection_boxes"][0, :count][:, [1, 0, 3, 2]] * size
-        classes = result["detection_classes"][0, :count].astype(int)
-        out.append([(labels[c + 1], b) for c, b in zip(classes, boxes)])
-    return out
+def _named_detections(path, images, labels, size) -> list:
+    """:func:`support.detections.litert_detections` as ``(class name, box (xmin, ymin,
+    xmax, ymax) in pixels)``, the form MediaPipe reports."""
+    return [
+        [(labels[c + 1], box[[1, 0, 3, 2]] * size) for c, box in found]
+        for found in litert_detections(path, images)
+    ]
 
 
 def _matched(reference, got, size) -> tuple:
@@ -526,7 +488,7 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
         detection_postprocess=DETECTION_SETTINGS,
     )
     pixels, images = _pixels(4, size)
-    got = mediapipe_detections(path, pixels)
+    got = mediapipe_detect(path, pixels, max_results=20)
     ref = detector.detect(
         images,
         score_threshold=0.02,
@@ -540,7 +502,7 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
         boxes = np.asarray(ref["boxes"])[i, :count] * size
         classes = np.asarray(ref["classes"])[i, :count].astype(int)
         keras_detections.append([(labels[c], b) for c, b in zip(classes, boxes)])
-    matched, total = _matched(litert_detections(path, images, labels, size), got, size)
+    matched, total = _matched(_named_detections(path, images, labels, size), got, size)
     print(f"MediaPipe ObjectDetector vs LiteRT, {quant}: {matched} of {total} detections")
     assert total > 0 and matched == total
     matched, total = _matched(keras_detections, got, size)
@@ -577,3 +539,19 @@ def test_export_embeds_labels_and_rejects_a_wrong_count(tmp_path):
     args += ["--labels", str(tmp_path / "labels.txt"), "--output", str(tmp_path / "c.tflite")]
     assert dispatch(args) == 0
     assert read_associated_files(tmp_path / "c.tflite")
+
+
+def test_app_client_errors_name_the_problem(tmp_path):
+    """``quantization.app_clients`` runs each app runtime in a separate process: a missing
+    file, an unknown client and a file the runtime rejects are clear errors."""
+    from quantization.app_clients import run_client
+    from quantization.verify import RuntimeCrashError
+
+    with pytest.raises(FileNotFoundError, match="no such .tflite file"):
+        run_client("litert_signature", tmp_path / "missing.tflite", np.zeros((1, 8, 8, 3)))
+    path = tmp_path / "not_a_model.tflite"
+    path.write_bytes(b"not a flatbuffer")
+    with pytest.raises(RuntimeCrashError, match="unknown client 'nope'.*litert_signature"):
+        run_client("nope", path, np.zeros((1, 8, 8, 3)))
+    with pytest.raises(RuntimeCrashError, match="litert_signature could not run"):
+        run_client("litert_signature", path, np.zeros((1, 8, 8, 3)))

@@ -18,21 +18,11 @@ APP_TITLE = "what an app ships: int8 + metadata, classified by MediaPipe Tasks"
 
 
 def mediapipe_top1(path: str, pixels) -> list:
-    """``[(label, score), ...]`` of MediaPipe's ``ImageClassifier`` on uint8 RGB images."""
-    import mediapipe as mp
-    import numpy as np
-    from mediapipe.tasks.python import BaseOptions, vision
+    """``[(label, score), ...]`` of MediaPipe's ``ImageClassifier`` on uint8 RGB images,
+    run in a separate process (an app's process holds MediaPipe, not TensorFlow)."""
+    from quantization.app_clients import mediapipe_classify
 
-    options = vision.ImageClassifierOptions(
-        base_options=BaseOptions(model_asset_path=path), max_results=1
-    )
-    found = []
-    with vision.ImageClassifier.create_from_options(options) as classifier:
-        for image in pixels:
-            frame = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(image))
-            top = classifier.classify(frame).classifications[0].categories[0]
-            found.append((top.category_name, float(top.score)))
-    return found
+    return [top[0][1:] for top in mediapipe_classify(path, pixels, max_results=1)]
 
 
 def step_app(context: dict) -> dict:

@@ -4,6 +4,7 @@
   with scikit-learn, so nothing downloads) and random crops of them;
 * :mod:`.weights`: realistic random weights, made the way the official
   reference checkpoints were (``docs/semantics.md`` section 7), for any variant;
+* :mod:`.detections`: an exported detector's detections as LiteRT gives them;
 * :mod:`.sweep`: int8 export of many variants checked in one LiteRT process;
 * :mod:`.test_case`: the shared checks of custom layers and models.
 
