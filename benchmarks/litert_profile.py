@@ -25,7 +25,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common as C  # noqa: E402
-from mvit3_keras.compat import interpreter_ops  # noqa: E402
+from quantization.runtime import interpreter_ops  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -26,7 +26,7 @@ Used or replaced:
   (``_flatten_layers``), the nodes a model runs (``_nodes_by_depth``) — used by the
   graph passes (:func:`sole_parent`, :func:`sole_consumer`, ...);
 * TensorFlow / LiteRT: the converter's calibrate-only switch and ``mlir_quantize``
-  step, ``convert_variables_to_constants_v2``, the interpreter's node list, the
+  step, ``convert_variables_to_constants_v2``, the
   flatbuffer schema module and the op-determinism switch.
 """
 
@@ -305,12 +305,6 @@ def frozen_function(concrete_function):
 
     freeze = require(convert_to_constants, "convert_variables_to_constants_v2", "variable freezing")
     return freeze(concrete_function)
-
-
-def interpreter_ops(interpreter) -> list:
-    """``[{"index", "op_name", "inputs", "outputs"}, ...]`` of a LiteRT interpreter's
-    nodes (delegate nodes included); LiteRT exposes the list privately only."""
-    return list(require(interpreter, "_get_ops_details", "the interpreter's node list")())
 
 
 def tflite_schema():

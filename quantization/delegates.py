@@ -30,8 +30,6 @@ import sys
 import tempfile
 from typing import Optional
 
-from mvit3_keras.compat import interpreter_ops
-
 # Builtin ops the GPU delegate takes (the switch of CheckGpuDelegateCompatibility in
 # tensorflow/lite/tools/versioning/gpu_compatibility.cc).
 GPU_OPS = frozenset(
@@ -155,7 +153,7 @@ def xnnpack_partitions(model, *, num_threads: int = 2) -> dict:
     """XNNPACK's partitioning of ``model`` (path or bytes), read from the LiteRT
     interpreter in this process: ``num_ops``, ``delegated_ops``, ``partitions`` and
     ``outside`` (``[{"op", "dtype", "count"}]`` of the ops left to builtin kernels)."""
-    from quantization.runtime import load_interpreter
+    from quantization.runtime import interpreter_ops, load_interpreter
 
     interpreter = load_interpreter(model, num_threads=num_threads)
     nodes = interpreter_ops(interpreter)

@@ -70,6 +70,21 @@ def load_interpreter(model, *, num_threads: Optional[int] = None, use_xnnpack: b
     return interpreter
 
 
+def interpreter_ops(interpreter) -> list:
+    """``[{"index", "op_name", "inputs", "outputs", ...}, ...]`` of a LiteRT
+    interpreter's nodes (delegate nodes included). LiteRT exposes the list only as the
+    private ``_get_ops_details`` (verified with ai-edge-litert 2.3.0); this module stays
+    numpy + LiteRT only, so a child process that reads it starts in ~0.1 s."""
+    get = getattr(interpreter, "_get_ops_details", None)
+    if get is None:
+        raise RuntimeError(
+            f"this LiteRT interpreter ({type(interpreter).__module__}) has no _get_ops_details "
+            "(its node list, read for the XNNPACK report); install ai-edge-litert==2.3.0 or "
+            "adapt quantization/runtime.py interpreter_ops"
+        )
+    return list(get())
+
+
 def quantize_input(x: np.ndarray, detail: dict) -> np.ndarray:
     dtype = np.dtype(detail["dtype"])
     if dtype.kind == "f":

@@ -138,10 +138,10 @@ def test_graph_helpers_read_the_functional_graph():
 def test_interpreter_ops_lists_the_nodes():
     import tensorflow as tf
 
-    from quantization.runtime import load_interpreter
+    from quantization.runtime import interpreter_ops, load_interpreter
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     flatbuffer = tf.lite.TFLiteConverter.from_keras_model(model).convert()
     interpreter = load_interpreter(flatbuffer, use_xnnpack=False)
-    ops = compat.interpreter_ops(interpreter)
+    ops = interpreter_ops(interpreter)
     assert [op["op_name"] for op in ops] == ["FULLY_CONNECTED"]

@@ -289,7 +289,7 @@ _RUN_TFLITE = textwrap.dedent(
     """
     import sys, numpy as np
     from ai_edge_litert.interpreter import Interpreter
-    from mvit3_keras.compat import interpreter_ops
+    from quantization.runtime import interpreter_ops
     interpreter = Interpreter(model_path=sys.argv[1])
     ops = {op["op_name"] for op in interpreter_ops(interpreter)}
     assert "TFLite_Detection_PostProcess" in ops, ops

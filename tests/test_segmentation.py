@@ -17,7 +17,7 @@ from conftest import (
 
 import mvit3_keras as m
 from mvit3_keras import specs as S
-from mvit3_keras.compat import frozen_function, interpreter_ops
+from mvit3_keras.compat import frozen_function
 from mvit3_keras.registry import spec_for_cvnets_name
 from mvit3_keras.segmentation import (
     HEADS,
@@ -27,6 +27,7 @@ from mvit3_keras.segmentation import (
     Segmenter,
     create_segmenter,
 )
+from quantization.runtime import interpreter_ops
 
 SEG_ENTRIES = [
     "seg_deeplabv3_ade20k_w0.5",
