@@ -12,7 +12,7 @@ One grammar for every command: ``mvit3 COMMAND SUBJECT [--option VALUE ...]``. T
 thing a command acts on is positional (``train MODEL``, ``evaluate RUN_OR_MODEL``,
 ``export MODEL.keras``, ``qat MODEL.keras``, ``benchmark FILE.tflite ...``, ``macs
 NAME``); the flags several commands share (``--dataset``, ``--split``, ``--task``,
-``--image-size H [W]``, ``--batch-size``, ``--output``, ``--threads``, ``--json FILE``,
+``--image-size H [W]``, ``--batch-size``, ``--output``, ``--threads``, ``--json [FILE]``,
 ``--data-dir``) are defined once, in :mod:`mvit3_keras.cli_args`. Values are checked
 while parsing, once: a bad one ends in ``mvit3 COMMAND: error: argument --FLAG: ...``
 and exit code 2.
@@ -168,7 +168,8 @@ def dispatch(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.handler(args) or 0)
+        with _json_on_stdout(args):
+            return int(args.handler(args) or 0)
     except (ValueError, FileNotFoundError, KeyError, TypeError, ImportError) as err:
         if os.environ.get("MVIT3_DEBUG"):
             raise
@@ -180,6 +181,18 @@ def dispatch(argv=None) -> int:
             message = str(err)
         print(f"mvit3 {args.command}: error: {message}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _json_on_stdout(args):
+    """``--json`` without a file: the command's JSON document is all that stdout
+    carries; what the command prints meanwhile (tables, progress) goes to stderr."""
+    if getattr(args, "json", None) != "-":
+        yield
+        return
+    args.json = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def main(argv=None) -> int:

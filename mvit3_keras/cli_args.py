@@ -18,6 +18,8 @@ with ``square=True``.
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 
 
 def _checked_number(text: str, convert, accept, what: str):
@@ -185,11 +187,38 @@ def add_output(p, *, metavar: str, use: str, required: bool = False, default=Non
     p.add_argument("--output", required=required, default=default, metavar=metavar, help=use)
 
 
-def add_json_file(p, *, what: str = "the report") -> None:
-    """``--json FILE``: also write ``what`` as JSON to ``FILE``."""
+def add_json(p, *, what: str = "the report") -> None:
+    """``--json [FILE]``, one meaning for every command: without ``FILE`` stdout carries
+    only ``what`` as JSON (the table and the progress lines go to stderr); with ``FILE``
+    the command prints as usual and also writes ``what`` to ``FILE``."""
     p.add_argument(
-        "--json", default=None, metavar="FILE", help=f"also write {what} as JSON to FILE"
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="FILE",
+        help=f"{what} as JSON: alone, on stdout (everything else on stderr); "
+        "with FILE, also written to FILE",
     )
+
+
+def emit_json(destination, payload) -> None:
+    """Write ``payload`` where ``--json`` said: nothing (``None``), a stream (what
+    ``mvit3_cli.dispatch`` puts in place of ``-``: the real stdout) or a file
+    (written atomically, then ``wrote FILE`` is printed)."""
+    if destination is None:
+        return
+    if destination == "-":  # a handler called without mvit3_cli.dispatch
+        destination = sys.stdout
+    text = json.dumps(payload, indent=2, default=str)
+    if hasattr(destination, "write"):
+        destination.write(text + "\n")
+        destination.flush()
+        return
+    from mvit3_keras.io_utils import atomic_write_text
+
+    atomic_write_text(destination, text)
+    print(f"wrote {destination}")
 
 
 def add_threads(p, *, default: int = 2) -> None:

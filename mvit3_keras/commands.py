@@ -13,12 +13,13 @@ from mvit3_keras import cli_args
 def register(subparsers) -> None:
     p = subparsers.add_parser("list", help="list the registered variants (params, MACs, top-1)")
     p.add_argument("--pattern", default="*", help="shell pattern, e.g. 'mobilevitv3_*'")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    cli_args.add_json(p, what="the table")
     p.set_defaults(handler=_cmd_list)
 
     p = subparsers.add_parser("macs", help="count MACs (official profiler rules and real)")
     p.add_argument("name")
     cli_args.add_image_size(p, default=(256, 256), default_text="256")
+    cli_args.add_json(p, what="the counts")
     p.set_defaults(handler=_cmd_macs)
 
     p = subparsers.add_parser(
@@ -50,7 +51,8 @@ def _cmd_list(args) -> int:
     from mvit3_keras.summary import format_table, variant_table
 
     rows = variant_table(list_models(args.pattern))
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    print(format_table(rows))
+    cli_args.emit_json(args.json, rows)
     return 0
 
 
@@ -61,10 +63,14 @@ def _cmd_macs(args) -> int:
 
     shape = (*args.image_size, 3)
     model = create_model(args.name, input_shape=shape)
-    macs = count_macs(model)
+    macs, params = count_macs(model), count_params(model)
     print(
-        f"{args.name} @ {shape[0]}x{shape[1]}: params {count_params(model):,}  "
+        f"{args.name} @ {shape[0]}x{shape[1]}: params {params:,}  "
         f"MACs {macs['official'] / 1e6:.3f}M (official profiler)  {macs['real'] / 1e6:.3f}M (real)"
+    )
+    counts = {"name": args.name, "image_size": list(shape[:2]), "params": params}
+    cli_args.emit_json(
+        args.json, {**counts, "macs_official": macs["official"], "macs_real": macs["real"]}
     )
     return 0
 

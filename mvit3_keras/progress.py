@@ -40,9 +40,13 @@ class ProgressHandler(logging.Handler):
 
     def __init__(self, stream=None, width: int = 30):
         super().__init__(logging.INFO)
-        self.stream = stream or sys.stdout
+        self._stream = stream  # None: sys.stdout at the time of each record
         self.width = width
         self._open_bar: Optional[str] = None
+
+    @property
+    def stream(self):
+        return self._stream or sys.stdout
 
     def emit(self, record: logging.LogRecord) -> None:
         progress = getattr(record, "progress", None)

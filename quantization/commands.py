@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from mvit3_keras import cli_args
@@ -89,7 +88,7 @@ def _add_export_parser(subparsers) -> None:
         action="store_true",
         help="skip running the file in a separate LiteRT process",
     )
-    cli_args.add_json_file(p, what="the export report")
+    cli_args.add_json(p, what="the export report")
     _add_data_args(p, use="calibration data", required=False, split_default="train")
     p.set_defaults(handler=_cmd_export)
 
@@ -109,7 +108,7 @@ def _add_evaluate_parser(subparsers) -> None:
     cli_args.add_count(p, "--limit", help="evaluate on the first N images")
     cli_args.add_threads(p)
     p.add_argument("--ignore-index", type=int, default=255, help="segmentation ignore label")
-    cli_args.add_json_file(p, what="the evaluation")
+    cli_args.add_json(p, what="the evaluation")
     _add_data_args(p, use="evaluation data", required=True, split_default="validation")
     p.set_defaults(handler=_cmd_evaluate)
 
@@ -129,7 +128,7 @@ def _add_file_tool_parsers(subparsers) -> None:
     )
     p.add_argument("--profile", action="store_true", help="per-op profile (one-op models)")
     p.add_argument("--no-xnnpack", action="store_true", help="builtin kernels only")
-    cli_args.add_json_file(p, what="the timings")
+    cli_args.add_json(p, what="the timings")
     p.set_defaults(handler=_cmd_benchmark)
 
     p = subparsers.add_parser(
@@ -140,13 +139,13 @@ def _add_file_tool_parsers(subparsers) -> None:
         "tflite", metavar="FILE.tflite", help="full-integer model, e.g. export --target edgetpu"
     )
     p.add_argument("--verbose", action="store_true", help="one line per op")
-    cli_args.add_json_file(p, what="the report")
+    cli_args.add_json(p, what="the report")
     p.set_defaults(handler=_cmd_edgetpu)
 
     p = subparsers.add_parser("inspect-tflite", help="ops, versions, dtypes and I/O quantization")
     p.add_argument("tflite", metavar="FILE.tflite", help="the model to inspect")
     cli_args.add_count(p, "--ops", help="also list the first N ops", default=0, zero_ok=True)
-    cli_args.add_json_file(p, what="the report")
+    cli_args.add_json(p, what="the report")
     p.set_defaults(handler=_cmd_inspect)
 
 
@@ -196,14 +195,6 @@ def register(subparsers) -> None:
     _add_evaluate_parser(subparsers)
     _add_file_tool_parsers(subparsers)
     _add_qat_parser(subparsers)
-
-
-def _write_json(path, payload) -> None:
-    if path:
-        from mvit3_keras.io_utils import atomic_write_text
-
-        atomic_write_text(path, json.dumps(payload, indent=2, default=str))
-        print(f"wrote {path}")
 
 
 def _input_hw(model, image_size):
@@ -327,7 +318,7 @@ def _cmd_export(args) -> int:
         model, args.output, options, representative_data=data, labels=_labels(args, model)
     )
     _print_export_report(report)
-    _write_json(args.json, report.to_dict())
+    cli_args.emit_json(args.json, report.to_dict())
     return 0
 
 
@@ -362,7 +353,7 @@ def _cmd_evaluate(args) -> int:
         num_threads=args.threads,
     )
     print(format_evaluation(result, name=args.tflite))
-    _write_json(args.json, result)
+    cli_args.emit_json(args.json, result)
     return 0
 
 
@@ -397,7 +388,7 @@ def _cmd_benchmark(args) -> int:
         base = results[0]["median_ms"]
         for r in results[1:]:
             print(f"{r['model']}: {base / r['median_ms']:.2f}x the speed of {results[0]['model']}")
-    _write_json(args.json, results if len(results) > 1 else results[0])
+    cli_args.emit_json(args.json, results if len(results) > 1 else results[0])
     return 0
 
 
@@ -406,7 +397,7 @@ def _cmd_edgetpu(args) -> int:
 
     report = edgetpu_report(args.tflite)
     print(format_edgetpu_report(report, verbose=args.verbose))
-    _write_json(args.json, report)
+    cli_args.emit_json(args.json, report)
     return 0
 
 
@@ -415,7 +406,7 @@ def _cmd_inspect(args) -> int:
 
     report = inspect_tflite(args.tflite)
     print(format_report(report, max_ops=args.ops))
-    _write_json(args.json, report.to_dict())
+    cli_args.emit_json(args.json, report.to_dict())
     return 0
 
 

@@ -188,3 +188,44 @@ def test_main_leaves_the_progress_logger_as_it_found_it(capsys):
     assert main(["recipes", "--json"]) == 0
     assert (list(logger.handlers), logger.level, logger.propagate) == before
     assert capsys.readouterr().out.count('"name"') > 2
+
+
+# The shortest valid command line of every command with --json [FILE].
+JSON_COMMANDS = {
+    "list": ["list"],
+    "macs": ["macs", "mobilevitv3_xxs"],
+    "evaluate": ["evaluate", "runs/digits"],
+    "recipes": ["recipes"],
+    "export": ["export", "model.keras", "--output", "model.tflite"],
+    "evaluate-tflite": ["evaluate-tflite", "model.tflite", "--dataset", "demo"],
+    "benchmark": ["benchmark", "model.tflite"],
+    "edgetpu-report": ["edgetpu-report", "model.tflite"],
+    "inspect-tflite": ["inspect-tflite", "model.tflite"],
+}
+
+
+def test_json_has_one_meaning_for_every_command(parser):
+    """``--json`` alone: the JSON document on stdout; ``--json FILE``: also to FILE."""
+    found = {name for name, p in parser.commands.items() if "--json" in p.format_help()}
+    assert found == set(JSON_COMMANDS)
+    for argv in JSON_COMMANDS.values():
+        assert parser.parse_args([*argv, "--json"]).json == "-"
+        assert parser.parse_args([*argv, "--json", "out.json"]).json == "out.json"
+        assert parser.parse_args(argv).json is None
+
+
+def test_json_alone_puts_only_the_document_on_stdout(tmp_path, capsys):
+    import json
+
+    from mvit3_cli import main
+
+    assert main(["list", "--pattern", "mobilevitv3_xxs", "--json"]) == 0
+    captured = capsys.readouterr()
+    rows = json.loads(captured.out)  # nothing else on stdout
+    assert [r["name"] for r in rows] == ["mobilevitv3_xxs"]
+    assert "mobilevitv3_xxs" in captured.err  # the table went to stderr
+    path = tmp_path / "list.json"
+    assert main(["list", "--pattern", "mobilevitv3_xxs", "--json", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(path.read_text()) == rows
+    assert "mobilevitv3_xxs" in captured.out and f"wrote {path}" in captured.out

@@ -106,7 +106,9 @@ def test_evaluate_command(tiny_run, capsys):
 
     out, _ = tiny_run
     assert main(["evaluate", str(out), "--weights", "raw", "--json"]) == 0
-    assert '"top1"' in capsys.readouterr().out
+    captured = capsys.readouterr()  # --json alone: stdout is the JSON document only
+    assert 0.0 <= json.loads(captured.out)["top1"] <= 1.0
+    assert "evaluation of" in captured.err
 
 
 @on_tiny_run_worker

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 
 from mvit3_keras import cli_args
@@ -111,7 +110,7 @@ def _add_evaluate(subparsers) -> None:
     )
     cli_args.add_batch_size(p, default=32, use="evaluation batch")
     cli_args.add_data_dirs(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    cli_args.add_json(p, what="the metrics")
     _add_verbose(p, "every framework warning/log")
     p.set_defaults(handler=_cmd_evaluate)
 
@@ -122,7 +121,7 @@ def _add_recipes(subparsers) -> None:
     _add_overrides(
         p, "print RECIPE with a value overridden, e.g. --set optim.weight_decay=0.01 (repeatable)"
     )
-    p.add_argument("--json", action="store_true", help="print JSON")
+    cli_args.add_json(p, what="the recipe (or the list)")
     p.set_defaults(handler=_cmd_recipes)
 
 
@@ -167,27 +166,17 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    import logging
-
     from training.loop import evaluate
+    from training.report import format_table
 
-    logger = logging.getLogger("mvit3")
-    was_disabled, logger.disabled = logger.disabled, logger.disabled or bool(args.json)
-    try:  # with --json stdout is the JSON document: no progress lines on it
-        options = ("dataset", "split", "weights", "task", "batch_size", "data_dir", "manual_dir")
-        result = evaluate(
-            args.target,
-            image_size=_square_side(args.image_size),
-            **{name: getattr(args, name) for name in options},
-        )
-    finally:
-        logger.disabled = was_disabled
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        from training.report import format_table
-
-        print(format_table(list(result.items()), f"evaluation of {args.target}"))
+    options = ("dataset", "split", "weights", "task", "batch_size", "data_dir", "manual_dir")
+    result = evaluate(
+        args.target,
+        image_size=_square_side(args.image_size),
+        **{name: getattr(args, name) for name in options},
+    )
+    print(format_table(list(result.items()), f"evaluation of {args.target}"))
+    cli_args.emit_json(args.json, result)
     return 0
 
 
@@ -197,10 +186,8 @@ def _cmd_recipes(args) -> int:
     if args.name:
         recipe = recipes.get_recipe(args.name)
         overrides = recipes.parse_overrides(args.overrides, recipe.to_dict())
-        if args.json:
-            print(json.dumps(recipes.merge(recipe.to_dict(), overrides), indent=2))
-        else:
-            print(recipe.format(overrides))
+        print(recipe.format(overrides))
+        cli_args.emit_json(args.json, recipes.merge(recipe.to_dict(), overrides))
         return 0
     rows = []
     for name in recipes.list_recipes():
@@ -217,13 +204,11 @@ def _cmd_recipes(args) -> int:
                 "source": r.source,
             }
         )
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
     cols = ["name", "task", "dataset", "optimizer", "epochs", "batch/device"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     print("  ".join(c.ljust(widths[c]) for c in cols) + "  source")
     for r in rows:
         print("  ".join(str(r[c]).ljust(widths[c]) for c in cols) + "  " + r["source"])
     print("\n`mvit3 recipes NAME` prints every value; override with --set key=value")
+    cli_args.emit_json(args.json, rows)
     return 0
