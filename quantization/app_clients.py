@@ -21,25 +21,13 @@ LiteRT takes the model's float input ``[N, H, W, C]``.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
 
-from quantization.verify import RuntimeCrashError
-
-
-def _worker_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    env.setdefault("GLOG_minloglevel", "2")  # MediaPipe's graph start-up lines
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+from quantization.verify import RuntimeCrashError, run_worker
 
 
 def run_client(client: str, path, images, *, timeout: float = 600.0, **options):
@@ -61,15 +49,7 @@ def run_client(client: str, path, images, *, timeout: float = 600.0, **options):
         }
         np.save(job["inputs"], np.asarray(images))
         job_path = os.path.join(tmp, "job.json")
-        with open(job_path, "w", encoding="utf-8") as f:
-            json.dump(job, f)
-        proc = subprocess.run(
-            [sys.executable, "-m", "quantization._app_client_worker", job_path],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=_worker_env(),
-        )
+        proc = run_worker("quantization._app_client_worker", job, job_path, timeout)
         if proc.returncode != 0 or not os.path.exists(job["result"]):
             code = proc.returncode
             reason = f"signal {-code}" if code < 0 else f"exit code {code}"

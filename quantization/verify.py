@@ -31,24 +31,27 @@ class RuntimeCrashError(RuntimeError):
     """A ``.tflite`` file aborts (or fails in) the LiteRT runtime."""
 
 
-def _worker_env() -> dict:
-    env = dict(os.environ)
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
-
-
-def _run_job(job: dict, job_path: str, timeout: float):
+def run_worker(module: str, job: dict, job_path: str, timeout: float):
+    """Write ``job`` to ``job_path`` and run ``python -m module job_path`` (numpy + LiteRT
+    or an app runtime, with this repository on ``sys.path``); the finished process."""
     with open(job_path, "w", encoding="utf-8") as f:
         json.dump(job, f)
-    proc = subprocess.run(
-        [sys.executable, "-m", "quantization._verify_worker", job_path],
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    env.setdefault("GLOG_minloglevel", "2")  # MediaPipe's graph start-up lines
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return subprocess.run(
+        [sys.executable, "-m", module, job_path],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=_worker_env(),
+        env=env,
     )
+
+
+def _run_job(job: dict, job_path: str, timeout: float):
+    proc = run_worker("quantization._verify_worker", job, job_path, timeout)
     started, done = None, {}
     for line in proc.stdout.splitlines():
         if line.startswith("START "):
