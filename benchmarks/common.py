@@ -201,6 +201,7 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "processor": _cpu_model(),
+        "cpu_isa": cpu_isa(),
         "loadavg_start": _loadavg(),
         "time_start": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -211,6 +212,25 @@ def machine_info() -> dict:
     except ImportError:  # pragma: no cover
         pass
     return info
+
+
+# The instruction sets that decide XNNPACK's kernels: int8 GEMMs are only faster than
+# float ones where the CPU has an int8 dot product (VNNI on x86, dotprod / i8mm on Arm).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+ARM_ISA_FLAGS = ("asimddp", "i8mm", "sve", "sve2")
+
+
+def cpu_isa() -> list:
+    """The :data:`ISA_FLAGS` / :data:`ARM_ISA_FLAGS` this CPU reports in /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    flags = set(line.split(":", 1)[1].split())
+                    return [f for f in (*ISA_FLAGS, *ARM_ISA_FLAGS) if f in flags]
+    except OSError:  # pragma: no cover
+        pass
+    return []
 
 
 def _cpu_model() -> str:

@@ -4,7 +4,9 @@ For each pair (ours, timm) and batch size (32 and 1, 256x256 by default):
 
 * ours: Keras eager (``model(x, training=False)``), ``tf.function``, ``tf.function``
   on ``mvit3_keras.optimize_for_inference(model)`` (BatchNorm folded, fused
-  conv + bias + activation; the inference formulation we ship) and
+  conv + bias + activation; the inference formulation we ship),
+  ``mvit3_keras.inference_function(model)`` (that formulation traced once for the
+  batch's shape with its variables frozen into constants: a fixed-shape server) and
   ``tf.function(jit_compile=True)`` (XLA; only for ``--xla-models``, see the
   README: XLA's CPU depthwise convolution is ~200x slower than oneDNN's);
 * timm: PyTorch eager under ``torch.inference_mode()``, NCHW (timm's default)
@@ -47,12 +49,13 @@ DEFAULT_PAIRS = ",".join(
     ]
 )
 TARGET_RATIO = 1.2  # target: Keras float throughput >= 1.2x timm at batch 32
-OURS_VARIANTS = ("eager", "graph", "optimized", "xla")
+OURS_VARIANTS = ("eager", "graph", "optimized", "frozen", "xla")
 PEER_VARIANTS = ("nchw", "channels_last")
 LABELS = {
     "eager": "Keras eager",
     "graph": "tf.function",
     "optimized": "optimized",
+    "frozen": "frozen",
     "xla": "tf.function XLA",
     "nchw": "timm NCHW",
     "channels_last": "timm ch-last",
@@ -147,7 +150,8 @@ def run_pair(
     ours, peer, name, timm_name, batch, size, rounds, xla: bool, graph_only: bool = False
 ) -> dict:
     entries = {}
-    variants = ["graph", "optimized"] if graph_only else ["eager", "graph", "optimized"]
+    variants = ["graph", "optimized", "frozen"]
+    variants = variants if graph_only else ["eager", *variants]
     variants += ["xla"] if xla else []
     for v in variants:
         key = f"ours/{name}/{batch}/{v}"
@@ -331,6 +335,7 @@ def _table(rows, peak, threads):
         "Keras eager",
         "tf.function",
         "optimized",
+        "frozen",
         "XLA",
         "% peak",
         "timm (params)",
@@ -363,6 +368,7 @@ def _table(rows, peak, threads):
                 ips("eager"),
                 ips("graph"),
                 ips("optimized"),
+                ips("frozen"),
                 ips("xla"),
                 f"{100 * r['graph_fraction_of_peak']:.0f}%",
                 timm,

@@ -1,7 +1,8 @@
 """The fraction of the machine's peak that our models reach.
 
-Peak: the best MAC/s of a large float32 matrix product (``tf.linalg.matmul``,
-n x n, in the same worker process that then runs the models; PyTorch's
+Peak: the best MAC/s of a large float32 matrix product (``tf.linalg.matmul`` or
+NumPy's BLAS, whichever is faster, n x n, in the same worker process that then
+runs the models; PyTorch's
 ``torch.matmul`` in the peer process for reference). Achieved: our counter's
 real MACs (:func:`mvit3_keras.count_macs`, ``"real"``: the multiply-adds that
 actually run) x images/s of the ``tf.function`` model at batch 32. The ratio of
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     }
     with C.Workers(C.keras_worker(args.smoke), C.peer_worker(peer_py)) as workers:
         peaks = measure_matmul_peaks(workers, sizes)
-        peak = max(peaks["tensorflow"].values())
+        peak = max(max(peaks["tensorflow"].values()), max(peaks["numpy"].values()))
         payload["matmul_macs_per_s"] = peaks
         payload["peak_macs_per_s"] = peak
         _peak_table(peaks, sizes)
@@ -73,10 +74,11 @@ def main(argv=None) -> int:
 
 
 def measure_matmul_peaks(workers, sizes) -> dict:
-    """``{"tensorflow": {n: MAC/s}, "torch": {n: MAC/s}}`` (torch: with a peer only)."""
-    peaks = {"tensorflow": {}, "torch": {}}
+    """``{"tensorflow" | "numpy" | "torch": {n: MAC/s}}`` (torch: with a peer only)."""
+    peaks = {"tensorflow": {}, "numpy": {}, "torch": {}}
     for n in sizes:
-        peaks["tensorflow"][n] = workers.ours.call("matmul_peak", n=n)["macs_per_s"]
+        ours = workers.ours.call("matmul_peak", n=n)["by_runner"]
+        peaks["tensorflow"][n], peaks["numpy"][n] = ours["tensorflow"], ours["numpy"]
         if workers.peer:
             peaks["torch"][n] = workers.peer.call("matmul_peak", n=n)["macs_per_s"]
     return peaks
@@ -113,11 +115,12 @@ def measure_model(ours, args, name, peak) -> dict:
 def _peak_table(peaks, sizes) -> str:
     return C.print_table(
         "Measured matmul peak (float32, best of 5), GMAC/s",
-        ["n", "TensorFlow", "PyTorch (peer)"],
+        ["n", "TensorFlow", "NumPy", "PyTorch (peer)"],
         [
             [
                 n,
                 f"{peaks['tensorflow'][n] / 1e9:.1f}",
+                f"{peaks['numpy'][n] / 1e9:.1f}",
                 C.fmt(peaks["torch"].get(n, 0) / 1e9 or None, ".1f"),
             ]
             for n in sizes

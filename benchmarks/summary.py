@@ -29,12 +29,14 @@ def _fmt_ratio(values):
     return f"{lo:.2f}x" if abs(hi - lo) < 0.005 else f"{lo:.2f}x .. {hi:.2f}x"
 
 
-def _target_row(target, values, unit, met) -> list:
-    """A table row: the target, how many ``unit`` were measured, the range, the verdict
-    (``met(value)`` for every value; n/a without values)."""
+def _target_row(target, values, unit, met, data=None) -> list:
+    """A table row: the target, how many ``unit`` were measured (and when: the date of
+    ``data``, the benchmark's JSON), the range, the verdict (``met(value)`` for every
+    value; n/a without values)."""
+    when = ((data or {}).get("machine") or {}).get("time_start", "")[:10]
     return [
         target,
-        f"{len(values)} {unit}",
+        f"{len(values)} {unit}" + (f", {when}" if when else ""),
         _fmt_ratio(values),
         C.verdict(all(met(x) for x in values) if values else None),
     ]
@@ -44,6 +46,8 @@ def summarize(directory) -> str:
     rows = [
         *_inference_rows(directory),
         *_tflite_rows(_load(directory, "tflite_latency")),
+        *_variant_rows(_load(directory, "variant_latency")),
+        *_onnx_rows(_load(directory, "litert_vs_onnx")),
         *_training_rows(_load(directory, "training_step")),
         *_pipeline_rows(_load(directory, "input_pipeline")),
     ]
@@ -56,16 +60,23 @@ def summarize(directory) -> str:
 
 def _inference_rows(directory) -> list:
     rows = []
-    for name, label in (("inference", "all cores"), ("inference_1thread", "1 thread each")):
+    runs = (
+        ("inference", "all cores"),
+        ("inference_1thread", "1 thread each"),
+        ("inference_batch1", "all cores"),  # --batches 1 runs, --output-dir renamed
+        ("inference_batch1_1thread", "1 thread each"),
+    )
+    for name, label in runs:
         inf = _load(directory, name)
         if not inf:
             continue
         ratios = [r["ratio_best"] for r in inf["rows"] if r["batch"] >= 32 and r["ratio_best"]]
         target = f"Keras float inference >= 1.2x timm, batch 32 ({label})"
-        rows.append(_target_row(target, ratios, "pairs", lambda x: x >= 1.2))
+        if ratios:
+            rows.append(_target_row(target, ratios, "pairs", lambda x: x >= 1.2, data=inf))
         r1 = [r["ratio_best"] for r in inf["rows"] if r["batch"] == 1 and r["ratio_best"]]
-        if r1:
-            rows.append([f"(batch 1, {label}; no target)", f"{len(r1)} pairs", _fmt_ratio(r1), ""])
+        target = f"Keras float batch-1 speed >= timm's ({label})"
+        rows.append(_target_row(target, r1, "pairs", lambda x: x >= 1.0, data=inf))
     return rows
 
 
@@ -81,12 +92,14 @@ def _tflite_rows(tfl) -> list:
             vs_fp32,
             "variants",
             lambda x: x <= 0.5,
+            data=tfl,
         ),
         _target_row(
             "TFLite int8 <= 0.67x ONNX Runtime fp32 (timm twin)",
             vs_ort,
             "variants",
             lambda x: x <= 0.67,
+            data=tfl,
         ),
     ]
     failed = sorted(
@@ -102,6 +115,69 @@ def _tflite_rows(tfl) -> list:
     return rows
 
 
+def _variant_rows(vl) -> list:
+    """benchmarks/variant_latency.py: default int8 vs fp32 for every variant, % of peak."""
+    if not vl:
+        return []
+    rows = vl["rows"]
+    peak = vl["peak"]["macs_per_s"]
+    v3 = [r for r in rows if r["model"].startswith("mobilevitv3")]
+    isa = ",".join(vl["machine"].get("cpu_isa") or ["?"])
+    return [
+        _target_row(
+            f"Default int8 (target cpu) <= 0.5x fp32, LiteRT (CPU: {isa}; int8 / fp32 "
+            f"conv peak {peak['int8'] / peak['fp32']:.2f})",
+            [r["cpu_vs_fp32"] for r in rows],
+            "variants",
+            lambda x: x <= 0.5,
+            data=vl,
+        ),
+        [
+            "(full-integer file, target npu, on the CPU; no target)",
+            f"{len(rows)} variants",
+            _fmt_ratio([r["npu_vs_fp32"] for r in rows]),
+            "",
+        ],
+        _target_row(
+            "LiteRT fp32 >= 40% of the LiteRT fp32 peak (MobileViTv3)",
+            [r["fp32_fraction_of_peak"] for r in v3],
+            "variants",
+            lambda x: x >= 0.4,
+            data=vl,
+        ),
+        _target_row(
+            "LiteRT int8 >= 40% of the LiteRT int8 peak (MobileViTv3)",
+            [r["cpu_fraction_of_peak"] for r in v3],
+            "variants",
+            lambda x: x >= 0.4,
+            data=vl,
+        ),
+    ]
+
+
+def _onnx_rows(lo) -> list:
+    """tflite_latency.py --baselines: LiteRT fp32 / ONNX Runtime fp32, same network."""
+    if not lo:
+        return []
+    rows = []
+    for threads in (2, 1):
+        ratios = [
+            r["fp32_vs_ort"]
+            for r in lo["rows"]
+            if r.get("threads") == threads and r.get("same_network") and r.get("fp32_vs_ort")
+        ]
+        rows.append(
+            _target_row(
+                f"LiteRT fp32 latency <= ONNX Runtime fp32, same network ({threads} thr)",
+                ratios,
+                "baselines",
+                lambda x: x <= 1.0,
+                data=lo,
+            )
+        )
+    return rows
+
+
 def _training_rows(tr) -> list:
     if not tr:
         return []
@@ -109,9 +185,13 @@ def _training_rows(tr) -> list:
     mem = [r["ours"]["peak_rss_mib"] / r["peer"]["peak_rss_mib"] for r in tr["rows"] if "peer" in r]
     return [
         _target_row(
-            "Training step >= 1.0x PyTorch, batch 32", ratios, "configs", lambda x: x >= 1.0
+            "Training step >= 1.0x PyTorch, batch 32",
+            ratios,
+            "configs",
+            lambda x: x >= 1.0,
+            data=tr,
         ),
-        _target_row("Training peak RSS <= PyTorch's", mem, "configs", lambda x: x <= 1.0),
+        _target_row("Training peak RSS <= PyTorch's", mem, "configs", lambda x: x <= 1.0, data=tr),
     ]
 
 
@@ -120,7 +200,7 @@ def _pipeline_rows(ip) -> list:
         return []
     v = [r["pipeline_over_step"] for r in ip.get("rows", []) if r.get("pipeline_over_step")]
     target = "Input pipeline >= 3x training step (benchmarks/input_pipeline.py)"
-    return [_target_row(target, v, "recipes", lambda x: x >= 3)]
+    return [_target_row(target, v, "recipes", lambda x: x >= 3, data=ip)]
 
 
 def main(argv=None) -> int:

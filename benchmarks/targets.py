@@ -38,39 +38,59 @@ CASES = {
 }
 
 
+def _classifier(variant: str, size: int):
+    import mvit3_keras as m
+
+    return m.create_model(variant, input_shape=(size, size, 3))
+
+
+def _segmenter(variant: str, size: int):
+    from mvit3_keras.segmentation import create_segmenter
+
+    return create_segmenter(variant, preset="pascal_voc", input_shape=(size, size, 3))
+
+
+def _detector(variant: str, size: int):
+    import mvit3_keras as m
+
+    return m.create_detector(variant, input_shape=(size, size, 3))
+
+
+def _class_agreement(out, ref) -> dict:
+    import numpy as np
+
+    from quantization.verify import cosine_similarity
+
+    return {
+        "top1_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1))),
+        "cosine": float(cosine_similarity(out, ref).mean()),
+    }
+
+
+def _mask_agreement(out, ref) -> dict:
+    import numpy as np
+
+    return {"mask_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1)))}
+
+
+# task -> (model builder(variant, size), agreement(file outputs, Keras outputs) or None: the
+# detector's post-processing op has no TensorFlow twin to compare with)
+TASKS = {
+    "classification": (_classifier, _class_agreement),
+    "segmentation": (_segmenter, _mask_agreement),
+    "detection": (_detector, None),
+}
+
+
 def build_case(case: str):
     """The Keras model of ``case`` with its official reference weights."""
     import mvit3_keras as m
     from mvit3_keras import reference
 
     task, variant, stem, size = CASES[case]
-    data = reference.load_parity(stem)
-    if task == "classification":
-        model = m.create_model(variant, input_shape=(size, size, 3))
-    elif task == "segmentation":
-        from mvit3_keras.segmentation import create_segmenter
-
-        model = create_segmenter(variant, preset="pascal_voc", input_shape=(size, size, 3))
-    else:
-        model = m.create_detector(variant, input_shape=(size, size, 3))
-    m.load_cvnets_weights(model, data, rgb_input=False)
+    model = TASKS[task][0](variant, size)
+    m.load_cvnets_weights(model, reference.load_parity(stem), rgb_input=False)
     return model
-
-
-def agreement(task: str, out, ref) -> dict:
-    """Agreement of a file's outputs with the float Keras model's."""
-    import numpy as np
-
-    from quantization.verify import cosine_similarity
-
-    if task == "classification":
-        return {
-            "top1_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1))),
-            "cosine": float(cosine_similarity(out, ref).mean()),
-        }
-    if task == "segmentation":
-        return {"mask_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1)))}
-    return {}
 
 
 def export_case(case: str, folder: str, num_calibration: int, num_eval: int) -> list:
@@ -83,7 +103,8 @@ def export_case(case: str, folder: str, num_calibration: int, num_eval: int) -> 
     model = build_case(case)
     images = photo_crops(num_calibration + num_eval, size, seed=1)
     calib, held = images[:num_calibration], images[num_calibration:]
-    ref = None if task == "detection" else model.predict(held, verbose=0)
+    agreement = TASKS[task][1]
+    ref = None if agreement is None else model.predict(held, verbose=0)
     rows = []
     for target in ("fp32", *TARGETS):
         kwargs = {"quant": "fp32"} if target == "fp32" else {"target": target}
@@ -105,7 +126,7 @@ def export_case(case: str, folder: str, num_calibration: int, num_eval: int) -> 
             "latency_ms": [],
         }
         if ref is not None:
-            row.update(agreement(task, run_tflite(path, held), ref))
+            row.update(agreement(run_tflite(path, held), ref))
         rows.append(row)
         print(f"{case} {row['target']}: exported in {row['export_seconds']} s", flush=True)
     return rows

@@ -15,6 +15,14 @@ the logits on held-out photos) before it is timed.
     python benchmarks/tflite_latency.py                         # all v3 variants
     python benchmarks/tflite_latency.py --models mobilevitv3_xxs,mobilevitv3_050
     python benchmarks/tflite_latency.py --smoke --peer-python none
+
+The 10 baselines (MobileViTv1 / v2) are the SAME networks as their timm twins
+(:data:`benchmarks.common.TIMM_EXACT`; ``benchmarks/timm_equivalence.py`` proves
+it): for them ``fp32/ORT`` compares two runtimes on one network (the performance
+target is <= 1.0). For the v3 variants the ORT column is the v3 paper's
+comparison model (another network); read it per MAC only.
+
+    python benchmarks/tflite_latency.py --baselines --quants fp32 --no-qat   # litert_vs_onnx.json
 """
 
 from __future__ import annotations
@@ -56,6 +64,12 @@ def parse_args(argv=None):
     p.add_argument(
         "--convert-only", action="store_true", help="only convert / export and check the files"
     )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="the 10 MobileViTv1/v2 baselines against the same timm network "
+        "(writes litert_vs_onnx.json)",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         args.models, args.threads, args.image_size = "mobilevitv3_xxs", "1", 64
@@ -64,6 +78,8 @@ def parse_args(argv=None):
         args.peer_python = "none"
         args.reconvert, args.no_qat, args.quants = True, True, "fp32,int8"
         args.cache_dir = args.output_dir / ".cache"
+    if args.baselines:
+        args.models = ",".join(C.TIMM_EXACT)
     args.rounds = args.rounds or 5
     return args
 
@@ -256,6 +272,7 @@ def main(argv=None) -> int:
         payload["rows"] = rows
         payload["table"] = _table(rows)
         out_name = "tflite_files" if args.convert_only else "tflite_latency"
+        out_name = "litert_vs_onnx" if args.baselines else out_name
         C.write_results(args.output_dir, out_name, payload)
     return 0
 
@@ -352,6 +369,10 @@ def latency_row(name, desc, t, size, lat, files, onnx) -> dict:
         "files": files,
         "onnx": onnx,
     }
+    if fp32 and ort:
+        row["fp32_vs_ort"] = fp32 / ort
+        row["same_network"] = name in C.TIMM_EXACT
+        row["fp32_vs_ort_met"] = fp32 <= ort if row["same_network"] else None
     for q in INT8_KINDS:
         if q in lat:
             ms = lat[q]["median_ms"]
@@ -380,6 +401,7 @@ def _table(rows):
         "int8 (float attn/norm)",
         "QAT-int8",
         "timm ORT fp32",
+        "fp32/ORT",
         "best int8/fp32",
         "best int8/ORT",
         "cos (int8, int8_cpu)",
@@ -410,6 +432,8 @@ def _table(rows):
                 ms("int8_cpu"),
                 ms("qat"),
                 (ms("ort_fp32") + f" ({r['onnx']['timm']})") if r.get("onnx") else "-",
+                C.fmt(r.get("fp32_vs_ort"), ".2f")
+                + ("" if r.get("same_network", True) else " (other net)"),
                 C.fmt(r.get("best_int8_vs_fp32"), ".2f")
                 + (f" ({r['best_int8']})" if r.get("best_int8") else ""),
                 C.fmt(r.get("best_int8_vs_ort"), ".2f"),

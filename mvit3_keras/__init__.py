@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 
 from mvit3_keras import layers  # noqa: F401  (registers the custom layers)
 from mvit3_keras.backbone import FEATURE_KEYS, backbone_features, create_backbone, create_model
-from mvit3_keras.inference import optimize_for_inference
+from mvit3_keras.inference import inference_function, optimize_for_inference
 from mvit3_keras.macs import count_macs
 from mvit3_keras.recorded_model import (
     MobileViTModel,
@@ -31,6 +31,7 @@ __all__ = [
     "model_record",
     "rebuild_model",
     "optimize_for_inference",
+    "inference_function",
 ]
 
 from mvit3_keras.convert import (  # noqa: E402

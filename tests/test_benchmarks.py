@@ -39,7 +39,7 @@ def test_inference_smoke(tmp_path):
     for r in rows:
         assert r["model"] == "mobilevitv3_xxs" and r["params"] == 1_249_448
         assert r["macs_official"] > 0 and r["macs_real"] > 0
-        for variant in ("eager", "graph"):
+        for variant in ("eager", "graph", "optimized", "frozen"):
             res = r["results"][variant]
             assert res["images_per_s"] > 0 and res["n"] >= 1
         assert r["ratio_best"] is None and r["target_met"] is None  # no peer in smoke runs
@@ -90,6 +90,21 @@ def test_tflite_latency_smoke(tmp_path):
     assert all(v["median_ms"] > 0 for v in row["latency"].values())
     assert row["files"]["fp32"]["cosine_vs_keras_min"] > 0.999
     assert row["int8_vs_fp32"] > 0 and row["best_int8"] == "int8"
+
+
+@pytest.mark.slow
+def test_variant_latency_smoke(tmp_path):
+    """Three exports of one variant timed side by side, and the one-op LiteRT peaks."""
+    _run("variant_latency", tmp_path, "--cache-dir", str(tmp_path / "cache"), "--runs", "2")
+    data = _load(tmp_path, "variant_latency")
+    (row,) = data["rows"]
+    assert row["model"] == "mobilevitv3_xxs" and row["macs_real"] > 0
+    for kind in ("fp32", "cpu", "npu"):
+        assert row[f"{kind}_ms"] > 0 and 0 < row[f"{kind}_fraction_of_peak"] < 1
+    assert row["cpu_cosine"] > 0.95 and row["npu_cosine"] > 0.95
+    peak = data["peak"]
+    assert peak["macs_per_s"]["fp32"] > 0 and peak["macs_per_s"]["int8"] > 0
+    assert {s["kind"] for s in peak["shapes"].values()} == {"fp32", "int8"}
 
 
 def test_litert_profile_uses_the_library_profiler(tmp_path):

@@ -97,6 +97,34 @@ def test_folded_model_keeps_official_parity(reference, stem, name):
         )
 
 
+@pytest.mark.parametrize(
+    "stem,name",
+    [("cls_xx_small_v3", "mobilevitv3_xxs"), ("cls_mobilevit_v2_w0.5", "mobilevitv2_050")],
+)
+def test_inference_function_keeps_official_parity(reference, stem, name):
+    """The frozen serving function: the same logits as the official code, one traced shape."""
+    data = load_parity(reference, stem)
+    x = data["ref__input0"].astype(np.float32)
+    model = m.create_model(name, input_shape=(None, None, 3))
+    m.load_cvnets_weights(model, data, rgb_input=False)
+    serve = m.inference_function(model, batch_size=x.shape[0], input_shape=x.shape[1:])
+    assert_close_to_reference(serve(x), data["ref__output0"], what=f"{stem} frozen")
+    with pytest.raises(ValueError, match="traced for images of shape"):
+        serve(np.concatenate([x, x]))
+    with pytest.raises(ValueError, match="static input shape"):
+        m.inference_function(model)
+
+
+def test_inference_function_keeps_the_output_structure():
+    det = m.create_detector("mobilevitv3_xxs", input_shape=(128, 128, 3))
+    x = np.random.default_rng(0).random((1, 128, 128, 3), np.float32)
+    out = m.inference_function(det)(x)
+    ref = det(x, training=False)
+    assert set(out) == set(ref) == {"confidences", "locations"}
+    for key in ref:
+        np.testing.assert_allclose(out[key], ref[key], rtol=1e-4, atol=1e-4)
+
+
 def test_folded_segmenter_and_detector_keep_parity(reference):
     data = load_parity(reference, "seg_deeplabv3_voc_xx_small_v3")
     x = data["ref__input0"].astype(np.float32)
