@@ -73,6 +73,12 @@ run inference "$PY" benchmarks/inference.py --pairs "$INF_PAIRS" --extra-models 
 run inference_stock_pytorch "$PY" benchmarks/inference.py --pairs "$HEADLINE" --peer-malloc default --xla-models "" "${ROUNDS[@]}" "${PEER_ARG[@]}"
 run inference_1thread "$PY" benchmarks/inference.py --pairs "$HEADLINE" --threads 1 --xla-models "" "${ROUNDS[@]}" "${PEER_ARG[@]}"
 run tflite_latency "$PY" benchmarks/tflite_latency.py --models "$TFL_MODELS" "${PEER_ARG[@]}"
+run litert_vs_onnx "$PY" benchmarks/tflite_latency.py --baselines --quants fp32 --no-qat "${PEER_ARG[@]}"
+if [ "$QUICK" = 1 ]; then
+  run variant_latency "$PY" benchmarks/variant_latency.py --models "$TFL_MODELS" --rounds 2
+else
+  run variant_latency "$PY" benchmarks/variant_latency.py
+fi
 run litert_profile "$PY" benchmarks/litert_profile.py --models mobilevitv3_xxs,mobilevitv3_050
 run training_step "$PY" benchmarks/training_step.py "${ROUNDS[@]}" "${PEER_ARG[@]}"
 if [ -f benchmarks/input_pipeline.py ]; then

@@ -138,19 +138,15 @@ def _variant_rows(vl) -> list:
             _fmt_ratio([r["npu_vs_fp32"] for r in rows]),
             "",
         ],
-        _target_row(
-            "LiteRT fp32 >= 40% of the LiteRT fp32 peak (MobileViTv3)",
-            [r["fp32_fraction_of_peak"] for r in v3],
-            "variants",
-            lambda x: x >= 0.4,
-            data=vl,
-        ),
-        _target_row(
-            "LiteRT int8 >= 40% of the LiteRT int8 peak (MobileViTv3)",
-            [r["cpu_fraction_of_peak"] for r in v3],
-            "variants",
-            lambda x: x >= 0.4,
-            data=vl,
+        *(
+            _target_row(
+                f"LiteRT {kernel} >= 40% of the LiteRT {kernel} peak (MobileViTv3)",
+                [r[f"{kind}_fraction_of_peak"] for r in v3],
+                "variants",
+                lambda x: x >= 0.4,
+                data=vl,
+            )
+            for kernel, kind in (("fp32", "fp32"), ("int8", "cpu"))
         ),
     ]
 
