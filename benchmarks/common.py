@@ -195,6 +195,19 @@ def interleave(entries: dict, rounds: int, runner) -> dict:
     return out
 
 
+def logit_agreement(out, ref) -> dict:
+    """Agreement of a file's logits ``out`` with the float model's ``ref``: mean cosine
+    similarity and top-1 agreement."""
+    import numpy as np
+
+    from quantization.verify import cosine_similarity
+
+    return {
+        "top1_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1))),
+        "cosine": float(cosine_similarity(out, ref).mean()),
+    }
+
+
 def machine_info() -> dict:
     info = {
         "platform": platform.platform(),

@@ -56,17 +56,6 @@ def _detector(variant: str, size: int):
     return m.create_detector(variant, input_shape=(size, size, 3))
 
 
-def _class_agreement(out, ref) -> dict:
-    import numpy as np
-
-    from quantization.verify import cosine_similarity
-
-    return {
-        "top1_agreement": float(np.mean(out.argmax(-1) == ref.argmax(-1))),
-        "cosine": float(cosine_similarity(out, ref).mean()),
-    }
-
-
 def _mask_agreement(out, ref) -> dict:
     import numpy as np
 
@@ -76,7 +65,7 @@ def _mask_agreement(out, ref) -> dict:
 # task -> (model builder(variant, size), agreement(file outputs, Keras outputs) or None: the
 # detector's post-processing op has no TensorFlow twin to compare with)
 TASKS = {
-    "classification": (_classifier, _class_agreement),
+    "classification": (_classifier, C.logit_agreement),
     "segmentation": (_segmenter, _mask_agreement),
     "detection": (_detector, None),
 }

@@ -120,16 +120,10 @@ def agreement(worker, path: str, held, reference, workdir: str) -> dict:
     """Cosine / top-1 agreement of ``path``'s logits (run by ``worker``) with Keras'."""
     import numpy as np
 
-    from quantization.verify import cosine_similarity
-
     inputs, outputs = os.path.join(workdir, "in.npy"), os.path.join(workdir, "out.npy")
     np.save(inputs, held)
     worker.call("tflite_outputs", path=path, input_npy=inputs, output_npy=outputs)
-    out = np.load(outputs)
-    return {
-        "cosine": float(cosine_similarity(out, reference).mean()),
-        "top1_agreement": float(np.mean(out.argmax(-1) == reference.argmax(-1))),
-    }
+    return C.logit_agreement(np.load(outputs), reference)
 
 
 def best_ms(worker, files: dict, args) -> dict:
