@@ -54,8 +54,13 @@ def calibrate(
 
 
 def _inside(op: dict, layer_names: list) -> bool:
+    """Whether ``op``'s first output tensor belongs to one of the layers: the converter
+    names a tensor ``[scope/]<layer>[_1]/<op>`` (the scope is absent when the graph is
+    called statelessly, as in the detector's post-processing module) and joins fused
+    names with ``;``."""
     out = op["outputs"][0]["name"] if op["outputs"] else ""
-    return any(f"/{n}_1/" in out or f"/{n}/" in out for n in layer_names)
+    parts = [f"/{part}" for part in out.split(";")]
+    return any(f"/{n}/" in p or f"/{n}_1/" in p for n in layer_names for p in parts)
 
 
 def _island_layers(graph) -> tuple:
@@ -74,25 +79,31 @@ def _island_layers(graph) -> tuple:
 
 def float_island_nodes(calibrated: bytes, graph, keep_float) -> list:
     """Output-tensor names of the ops ``keep_float`` keeps in float32: the attention
-    cores' BATCH_MATMUL / SOFTMAX and the norm statistics' ADD(eps) + RSQRT."""
+    cores' BATCH_MATMUL / SOFTMAX and the norm statistics' ADD(eps) + RSQRT.
+
+    Raises ``RuntimeError`` when the graph has attention or norm layers but none of
+    their ops is found: the file would silently be all-int8 (slow on CPUs)."""
     keep_float = parse_keep_float(keep_float)
     attention, norms = _island_layers(graph)
     report = inspect_tflite(calibrated)
     producer = {t["index"]: op for op in report.ops for t in op["outputs"]}
-    nodes = []
+    found = {"attention": [], "normalization": []}
     for op in report.ops:
-        if (
-            "attention" in keep_float
-            and op["op"] in ("BATCH_MATMUL", "SOFTMAX")
-            and _inside(op, attention)
-        ):
-            nodes.append(op["outputs"][0]["name"])
-        if "normalization" in keep_float and op["op"] == "RSQRT" and _inside(op, norms):
-            nodes.append(op["outputs"][0]["name"])
+        if op["op"] in ("BATCH_MATMUL", "SOFTMAX") and _inside(op, attention):
+            found["attention"].append(op["outputs"][0]["name"])
+        if op["op"] == "RSQRT" and _inside(op, norms):
+            found["normalization"].append(op["outputs"][0]["name"])
             src = producer.get(op["inputs"][0]["index"])
             if src is not None and src["op"] == "ADD":
-                nodes.append(src["outputs"][0]["name"])
-    return nodes
+                found["normalization"].append(src["outputs"][0]["name"])
+    for island, layers in (("attention", attention), ("normalization", norms)):
+        if island in keep_float and layers and not found[island]:
+            raise RuntimeError(
+                f"keep_float={island!r}: no op of the {len(layers)} {island} layers "
+                f"(e.g. {layers[0]!r}) was found in the converted graph; the converter's "
+                "tensor names changed? (quantization.export_convert._inside)"
+            )
+    return [name for island in keep_float for name in found[island]]
 
 
 def run_converter(converter) -> bytes:
