@@ -448,31 +448,28 @@ def _named_detections(path, images, labels, size) -> list:
     ]
 
 
-def _matched(reference, got, size) -> tuple:
+def _within_2px(box, other) -> bool:
+    """Same box up to MediaPipe's whole-pixel rounding."""
+    return float(np.abs(other - box).max()) <= 2.0
+
+
+def _overlapping(box, other) -> bool:
+    """The detection benchmarks' criterion: IoU >= 0.5 (int8 box offsets move edges by
+    pixels)."""
+    from mvit3_keras.detection.box_coder import box_iou
+
+    return float(box_iou(box, other)) >= 0.5
+
+
+def _matched(reference, got, size, same_box=_within_2px) -> tuple:
     """How many ``reference`` detections ``got`` reports with the class name among its
-    categories and the box, in MediaPipe's convention, within 2 pixels (MediaPipe's boxes
-    are whole pixels)."""
+    categories and, in MediaPipe's box convention, a box that ``same_box`` accepts."""
     matched = total = 0
     for expected, found in zip(reference, got):
         total += len(expected)
         for name, box in expected:
             box = as_mediapipe_box(box, size)
-            matched += any(name in names and np.abs(b - box).max() <= 2.0 for names, b in found)
-    return matched, total
-
-
-def _matched_by_overlap(reference, got, size) -> tuple:
-    """:func:`_matched` with the detection benchmarks' criterion: the class name among
-    the categories and a box of IoU >= 0.5 (int8 box offsets move edges by pixels)."""
-    from mvit3_keras.detection.box_coder import box_iou
-
-    matched = total = 0
-    for expected, found in zip(reference, got):
-        total += len(expected)
-        for name, box in expected:
-            boxes = [b for names, b in found if name in names]
-            iou = box_iou(as_mediapipe_box(box, size), np.stack(boxes)) if boxes else [0.0]
-            matched += float(np.max(iou)) >= 0.5
+            matched += any(name in names and same_box(box, b) for names, b in found)
     return matched, total
 
 
@@ -527,7 +524,7 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
         matched, total = _matched(keras_detections, got, size)
         how = "the same class name and box (<= 2 px)"
     else:
-        matched, total = _matched_by_overlap(keras_detections, got, size)
+        matched, total = _matched(keras_detections, got, size, same_box=_overlapping)
         how = "the same class name and a box of IoU >= 0.5"
     print(f"MediaPipe ObjectDetector vs Keras, {quant}: {matched} of {total} detections with {how}")
     assert total > 0 and matched >= (1.0 if quant == "fp32" else 0.5) * total
