@@ -16,13 +16,14 @@ The API mirrors TFMOT: ``quantize_model(model, config=QuantizeConfig(...))`` and
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional
 
 import keras
 import numpy as np
 
 from mvit3_keras import layers as L
-from mvit3_keras.compat import consumer_count, producer, sole_parent
+from mvit3_keras.compat import consumer_count, layer_calls, producer, sole_parent
 from mvit3_keras.graph_clone import clone_with, iter_layers
 from quantization.graph_rewrite import prepare_for_export
 from quantization.qat_config import SKIP_ATTRIBUTE, QuantizeConfig, quantize_annotate_layer
@@ -37,6 +38,7 @@ __all__ = [
     "qat_target",
     "quantize_annotate_layer",
     "quantize_model",
+    "shared_ranges",
     "uncalibrated_quantizers",
     "wrap_quantized",
 ]
@@ -146,13 +148,14 @@ def _transfer_wrapped(old, new):
     new.layer.set_weights(old.get_weights())
 
 
-def _quant_conv(layer, config, bn):
+def _quant_conv(layer, config, bn, quantize_output=True):
     new = L.QuantConv(
         _conv_class_name(layer),
         layer.get_config(),
         None if bn is None else bn.get_config(),
         config.ema_decay,
         config.per_channel,
+        quantize_output=quantize_output,
         name=layer.name,
     )
 
@@ -164,19 +167,25 @@ def _quant_conv(layer, config, bn):
     return new, transfer
 
 
-def _quant_activation(layer, config):
+def _activation_name(layer) -> str:
     activation = keras.activations.serialize(layer.activation)
     activation = activation if isinstance(activation, str) else activation.get("config", activation)
-    name = getattr(layer.activation, "__name__", str(activation))
-    return L.QuantActivation(name, config.ema_decay, name=layer.name), None
+    return getattr(layer.activation, "__name__", str(activation))
 
 
-def _quant_normalization(layer, config):
+def _quant_activation(layer, config, quantize_output=True):
+    name = _activation_name(layer)
+    twin = L.QuantActivation(name, config.ema_decay, quantize_output, name=layer.name)
+    return twin, None
+
+
+def _quant_normalization(layer, config, quantize_output=True):
     twin_config = dict(
         layer.get_config(),
         ema_decay=config.ema_decay,
         float_statistics="normalization" in config.keep_float,
         stepwise_statistics=False,  # the QAT graph quantizes one MEAN over all axes
+        quantize_output=quantize_output,
     )
     return L.QuantNormalization.from_config(twin_config), _transfer_same
 
@@ -190,29 +199,113 @@ def _quant_attention(layer, config):
     return _ATTENTION_TWINS[type(layer)].from_config(twin_config), None
 
 
-def _quant_output(layer, config):
+def _quant_output(layer, config, quantize_output=True):
     inner = layer.__class__.from_config(dict(layer.get_config(), name="inner"))
-    return L.QuantizeWrapper(inner, config.ema_decay, name=layer.name), _transfer_wrapped
+    twin = L.QuantizeWrapper(inner, config.ema_decay, quantize_output, name=layer.name)
+    return twin, _transfer_wrapped
 
 
-def quantized_twin(layer, config: QuantizeConfig, bn=None):
+def quantized_twin(layer, config: QuantizeConfig, bn=None, *, quantize_output=True):
     """``(twin, weight_fn)`` for a layer with a quantized twin, ``None`` for a
-    pass-through layer; raises ``TypeError`` for a layer without either."""
+    pass-through layer; raises ``TypeError`` for a layer without either.
+    ``quantize_output=False``: a layer (:func:`_shares_range`) whose output range is a
+    :class:`~mvit3_keras.layers.SharedRangeQuantizer`'s."""
     if type(layer) in _CONVS:
-        return _quant_conv(layer, config, bn)
+        return _quant_conv(layer, config, bn, quantize_output)
     if isinstance(layer, keras.layers.Activation):
-        return _quant_activation(layer, config)
+        return _quant_activation(layer, config, quantize_output)
     if isinstance(layer, L.NormalizationExport):
-        return _quant_normalization(layer, config)
+        return _quant_normalization(layer, config, quantize_output)
     if type(layer) in _ATTENTION_TWINS:
         return _quant_attention(layer, config)
     if isinstance(layer, OUTPUT_QUANTIZED):
-        return _quant_output(layer, config)
+        return _quant_output(layer, config, quantize_output)
     if isinstance(layer, keras.layers.BatchNormalization):
         raise TypeError(f"{layer.name} (BatchNormalization not after a convolution)")
     if isinstance(layer, PASS_THROUGH):
         return None
     raise TypeError(f"{layer.name} ({type(layer).__name__})")
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedRanges:
+    """The tensors that concatenations join, grouped: each group is quantized with one
+    :class:`~mvit3_keras.layers.SharedRangeQuantizer` (TFLite's int8 CONCATENATION
+    takes its inputs at the output's scale; the post-training converter does the
+    same).
+
+    Attributes:
+        groups: ``{group name: (producer layer names, one site each)}``; a group is
+            named after its first concatenation.
+        sites: ``{producer layer name: (group name, site index)}``.
+        joins: names of the concatenations whose inputs share a group's range (their
+            output needs no quantizer of its own).
+    """
+
+    groups: dict
+    sites: dict
+    joins: frozenset
+
+
+def _shares_range(layer, skipped) -> bool:
+    """A layer whose output range can be a shared one: a convolution, a (non-sigmoid)
+    activation, a normalization or an output-quantized layer (fixed-range and float
+    layers cannot)."""
+    if layer.name in skipped:
+        return False
+    if isinstance(layer, keras.layers.Activation):
+        return _activation_name(layer) != "sigmoid"
+    shareable = (L.NormalizationExport, *OUTPUT_QUANTIZED)
+    return type(layer) in _CONVS or isinstance(layer, shareable)
+
+
+def _range_source(tensor, skipped, folded_bns):
+    """The layer whose output quantizer sets ``tensor``'s int8 range (through the
+    data-movement layers and folded BatchNorms), or None if that range cannot be
+    shared."""
+    layer = producer(tensor)
+    while layer is not None and (isinstance(layer, PASS_THROUGH) or layer.name in folded_bns):
+        if isinstance(layer, keras.layers.InputLayer):
+            return None
+        (node,) = layer_calls(layer)
+        layer = producer(keras.tree.flatten(node.input_tensors)[0])  # the data input
+    return layer if layer is not None and _shares_range(layer, skipped) else None
+
+
+def _concat_sources(model, skipped, folded_bns) -> dict:
+    """``{concatenation name: [producer names]}`` for the concatenations whose every
+    input range can be shared."""
+    joins = {}
+    for layer in iter_layers(model):
+        if not isinstance(layer, keras.layers.Concatenate) or layer.name in skipped:
+            continue
+        calls = layer_calls(layer)
+        if len(calls) != 1:
+            continue
+        sources = [_range_source(t, skipped, folded_bns) for t in calls[0].input_tensors]
+        if all(sources):
+            joins[layer.name] = list(dict.fromkeys(source.name for source in sources))
+    return joins
+
+
+def shared_ranges(model, skipped=frozenset(), folded_bns=frozenset()) -> SharedRanges:
+    """The :class:`SharedRanges` of ``model`` (an export-formulation float model):
+    concatenations that share a producer are merged into one group."""
+    joins = _concat_sources(model, skipped, folded_bns)
+    group_of = {}  # producer -> group name
+    members = {}  # group name -> producers
+    for join, sources in joins.items():
+        merged = {group_of[s] for s in sources if s in group_of}
+        name = min(merged, key=list(members).index) if merged else join
+        producers = members.pop(name, [])
+        for other in merged - {name}:
+            producers += members.pop(other)
+        producers += [s for s in sources if s not in producers]
+        members[name] = producers
+        group_of.update({s: name for s in producers})
+    sites = {p: (name, i) for name, producers in members.items() for i, p in enumerate(producers)}
+    groups = {name: tuple(producers) for name, producers in members.items()}
+    return SharedRanges(groups, sites, frozenset(joins))
 
 
 def _unsupported_layers(model, config, skipped, bn_plan) -> list:
@@ -228,10 +321,20 @@ def _unsupported_layers(model, config, skipped, bn_plan) -> list:
     return problems
 
 
-def _quantizing_call(config: QuantizeConfig, skipped):
+def _quantizing_call(config: QuantizeConfig, skipped, shared: SharedRanges):
     """``clone_model`` call hook: the model inputs get an input quantizer, the outputs
-    of skipped (float) layers are re-quantized for the next layer."""
+    of skipped (float) layers are re-quantized for the next layer, the outputs that a
+    concatenation joins go through their group's shared range."""
     input_quantizers = {}
+    shared_quantizers = {}
+
+    def shared_range(layer_name, out):
+        group, site = shared.sites[layer_name]
+        if group not in shared_quantizers:
+            shared_quantizers[group] = L.SharedRangeQuantizer(
+                len(shared.groups[group]), config.ema_decay, name=f"{group}.shared_range"
+            )
+        return shared_quantizers[group](out, site=site)
 
     def quantize_input(t):
         source = producer(t)
@@ -256,6 +359,8 @@ def _quantizing_call(config: QuantizeConfig, skipped):
         if layer.name in skipped and not isinstance(layer, PASS_THROUGH):
             requant = L.ActivationQuantizer(config.ema_decay, name=f"{layer.name}.requantize")
             out = keras.tree.map_structure(requant, out)
+        if layer.name in shared.sites:
+            out = shared_range(layer.name, out)
         return out
 
     return call_function
@@ -276,15 +381,19 @@ def wrap_quantized(model: keras.Model, config: QuantizeConfig, skipped=frozenset
             "in float, or add a QuantizeConfig.skip pattern"
         )
     folded_bns = {bn.name for bn in bn_plan.values()}
+    shared = shared_ranges(model, skipped, folded_bns)
 
     def replace(layer):
         if layer.name in skipped:
             return None
         if layer.name in folded_bns:
             return keras.layers.Identity(name=layer.name), None
-        return quantized_twin(layer, config, bn_plan.get(layer.name))
+        own_range = layer.name not in shared.sites and layer.name not in shared.joins
+        bn = bn_plan.get(layer.name)
+        return quantized_twin(layer, config, bn, quantize_output=own_range)
 
-    return clone_with(model, replace, call_function=_quantizing_call(config, skipped))
+    call_function = _quantizing_call(config, skipped, shared)
+    return clone_with(model, replace, call_function=call_function)
 
 
 def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) -> keras.Model:
@@ -336,7 +445,7 @@ def uncalibrated_quantizers(qat_model: keras.Model) -> list:
         for layer in iter_layers(qat_model, sublayers=True)
         if isinstance(layer, L.ActivationQuantizer)
         and layer.fixed_range is None
-        and float(keras.ops.convert_to_numpy(layer.initialized)) == 0.0
+        and not np.all(keras.ops.convert_to_numpy(layer.initialized))
     ]
 
 

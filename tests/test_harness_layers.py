@@ -168,7 +168,22 @@ LAYER_CASES = (
     LayerCase(
         "ActivationQuantizer", {"fixed_range": [0.0, 1.0]}, (2, 4, 4, 3), (2, 4, 4, 3), "fixed"
     ),
+    LayerCase(
+        "SharedRangeQuantizer",
+        {"num_sites": 3},
+        (2, 4, 4, 3),
+        (2, 4, 4, 3),
+        updated_weights=QUANT_RANGES,
+    ),
     qat_case("QuantConv", conv_quant_kwargs, (2, 6, 6, 4), (2, 6, 6, 8)),
+    LayerCase(  # output range left to a SharedRangeQuantizer: no state of its own
+        "QuantConv",
+        lambda: dict(conv_quant_kwargs(), quantize_output=False),
+        (2, 6, 6, 4),
+        (2, 6, 6, 8),
+        "shared_range",
+        rejects_mixed_precision=True,
+    ),
     qat_case("QuantConv", dense_quant_kwargs, (2, 4, 12, 5), (2, 4, 12, 6), "dense"),
     qat_case("QuantActivation", {}, (2, 4, 4, 3), (2, 4, 4, 3)),
     qat_case(

@@ -16,12 +16,16 @@ from mvit3_keras.layers import (
     QuantLinearSelfAttention,
     QuantMultiHeadSelfAttention,
     QuantNormalization,
+    SharedRangeQuantizer,
 )
 from quantization import QuantizeConfig, export_tflite, quantize_annotate_layer, quantize_model
 from quantization.edgetpu import edgetpu_report
 from quantization.export import cosine_similarity
+from quantization.inspection import inspect_tflite
 from quantization.qat import calibrate_ranges, is_qat_model, qat_float_islands
 from quantization.runtime import run_tflite
+
+SLOW = pytest.mark.slow
 
 
 def _float_model(name, size=64, seed=0):
@@ -141,6 +145,60 @@ def test_qat_export_reproduces_the_qat_model(name, target, min_cosine, tmp_path,
     if target == "edgetpu":
         assert report.file.inputs[0]["dtype"] == "uint8"
         assert edgetpu_report(path)["first_cpu_op"] is None
+
+
+def test_shared_range_is_the_union_of_its_sites():
+    quantizer = SharedRangeQuantizer(num_sites=2, ema_decay=0.9)
+    quantizer.build(None)
+    low, high = np.full((1, 4), -1.0, np.float32), np.full((1, 4), 5.0, np.float32)
+    quantizer.force_update = True  # calibration: running min / max per site
+    quantizer(np.linspace(-1.0, 2.0, 8, dtype=np.float32), site=0)
+    quantizer(np.linspace(0.5, 5.0, 8, dtype=np.float32), site=1)
+    quantizer.force_update = False
+    np.testing.assert_allclose(quantizer.range_min.numpy(), [-1.0, 0.0])
+    np.testing.assert_allclose(quantizer.range_max.numpy(), [2.0, 5.0])
+    lo, hi = (float(v) for v in quantizer.union_range())
+    assert (lo, hi) == (-1.0, 5.0)
+    # both sites are quantized on the union's grid: site 0 does not clip 5 to its own 2
+    step = (hi - lo) / 255.0
+    np.testing.assert_allclose(quantizer(low, site=0), low, atol=step)
+    np.testing.assert_allclose(quantizer(high, site=0), high, atol=step)
+    with pytest.raises(ValueError, match="site 2 outside"):
+        quantizer(low, site=2)
+
+
+@pytest.mark.parametrize(
+    "name", ["mobilevitv3_xxs", "mobilevit_xxs", pytest.param("mobilevitv3_050", marks=SLOW)]
+)
+def test_concatenated_tensors_share_one_int8_range(name, tmp_path, crops):
+    """TFLite's int8 CONCATENATION takes its inputs at the output's scale. A tensor
+    with a range of its own gets a requantize op (QUANTIZE int8 -> int8): a second
+    rounding the QAT model never trained with, rounded differently by XNNPACK and
+    the builtin kernels (MediaPipe Tasks and LiteRT disagreed by up to 1 logit on a
+    QAT classifier because of it). Every tensor a concatenation joins shares one
+    range (its producer's output quantizer is a SharedRangeQuantizer site), so the
+    only QUANTIZE of the file is the input's."""
+    model = _float_model(name)
+    qat = quantize_model(model)
+    calibrate_ranges(qat, crops[:8])
+    concats = [x for x in model.layers if isinstance(x, keras.layers.Concatenate)]
+    shared = [x for x in qat.layers if isinstance(x, SharedRangeQuantizer)]
+    assert concats and len(shared) == len(concats)
+    for quantizer in shared:
+        assert quantizer.num_sites == 2 and np.all(quantizer.initialized.numpy() == 1.0)
+    report = export_tflite(qat, tmp_path / "qat.tflite", quant="qat")
+    ops = inspect_tflite(tmp_path / "qat.tflite").ops
+    assert report.file.op_histogram["QUANTIZE v1"] == 1, report.file.op_histogram
+    assert [op["index"] for op in ops if op["op"] == "QUANTIZE"] == [0]
+    joins = [op for op in ops if op["op"] == "CONCATENATION"]
+    assert len(joins) == len(concats)
+    for op in joins:
+        ranges = {
+            (t["quantization"]["scale"], t["quantization"]["zero_point"])
+            for t in op["inputs"] + op["outputs"]
+        }
+        assert len(ranges) == 1, (op["outputs"][0]["name"], ranges)
+    assert report.verify.separate_process and report.verify.num_images  # it ran in LiteRT
 
 
 def test_annotated_layer_trains_without_fake_quant(tmp_path, crops):

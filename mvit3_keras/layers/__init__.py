@@ -17,7 +17,7 @@ from mvit3_keras.layers.attention import (
     softmax,
 )
 from mvit3_keras.layers.batch_norm import BatchNorm
-from mvit3_keras.layers.fake_quant import ActivationQuantizer
+from mvit3_keras.layers.fake_quant import ActivationQuantizer, SharedRangeQuantizer
 from mvit3_keras.layers.legacy import LEGACY_CLASSES
 from mvit3_keras.layers.normalization import NormalizationExport, stepwise_mean
 from mvit3_keras.layers.patches import EXPORT_TARGETS, Fold, Unfold, check_target
@@ -51,6 +51,7 @@ __all__ = [
     "QuantizeWrapper",
     "ResizeLike",
     "ResizeToEven",
+    "SharedRangeQuantizer",
     "SplitPointwiseConv",
     "Unfold",
     "bilinear_resize",

@@ -52,6 +52,23 @@ def snap_range_numpy(lo: float, hi: float):
     return float(f(-zero_point * scale)), float(f((f(255.0) - zero_point) * scale))
 
 
+def snap_range(lo, hi):
+    """:func:`snap_range_numpy` in ``keras.ops`` (float32), for the training and
+    inference graph: the QAT model quantizes with the ranges that the exported file
+    gets, not with ranges up to 2^-14 apart (which moved the grid by up to 0.008 of
+    a step at the ends of the range and flipped the rounding of ~0.5 % of the values
+    at every quantizer)."""
+    f32 = "float32"
+    lo = ops.cast(lo, f32)
+    hi = ops.maximum(ops.cast(hi, f32), lo + 1e-6)
+    scale = ops.maximum((hi - lo) / 255.0, 1e-12)
+    exponent = ops.floor(ops.log(scale) / ops.log(ops.cast(2.0, f32))) - 14.0
+    unit = ops.power(ops.cast(2.0, f32), exponent)
+    scale = ops.round(scale / unit) * unit
+    zero_point = ops.clip(ops.round(-lo / scale), 0.0, 255.0)
+    return -zero_point * scale, (255.0 - zero_point) * scale
+
+
 def quantize_weights_per_channel(kernel, per_channel: bool = True):
     """Symmetric int8 fake quantization of ``kernel`` along its last axis."""
     if per_channel:
@@ -129,30 +146,37 @@ class ActivationQuantizer(keras.layers.Layer):
         if self.fixed_range is not None:
             return fake_quant(x, *snap_range_numpy(*self.fixed_range))
         if training or self.force_update:
-            # Non-finite values (rsqrt of a variance quantized to 0) saturate to
-            # the range, as the int8 kernels do, and do not widen it.
-            xs = ops.stop_gradient(x)
-            xs = ops.where(ops.isfinite(xs), xs, ops.zeros_like(xs))
-            batch_min = ops.minimum(ops.min(xs), 0.0)
-            batch_max = ops.maximum(ops.max(xs), 0.0)
+            batch_min, batch_max = self.batch_range(x)
             first = ops.equal(self.initialized, 0.0)
-            if self.force_update:  # calibration: running min / max (PTQ's MinMax rule)
-                new_min = ops.where(first, batch_min, ops.minimum(self.range_min, batch_min))
-                new_max = ops.where(first, batch_max, ops.maximum(self.range_max, batch_max))
-            else:
-                d = self.ema_decay
-                new_min = ops.where(first, batch_min, d * self.range_min + (1 - d) * batch_min)
-                new_max = ops.where(first, batch_max, d * self.range_max + (1 - d) * batch_max)
-            self.range_min.assign(new_min)
-            self.range_max.assign(new_max)
+            lo, hi = self.next_range(self.range_min, self.range_max, first, batch_min, batch_max)
+            self.range_min.assign(lo)
+            self.range_max.assign(hi)
             self.initialized.assign(1.0)
-            lo, hi = new_min, new_max
         else:
             lo, hi = self.range_min, self.range_max
-        hi = ops.maximum(hi, lo + 1e-6)
-        # Training / Keras inference use the tracked range as is; the export
-        # graph bakes the same range snapped by snap_range_numpy (< 2^-14 apart).
-        return fake_quant(x, lo, hi)
+        # the export graph bakes the same snapped range (snap_range_numpy)
+        return fake_quant(x, *snap_range(lo, hi))
+
+    @staticmethod
+    def batch_range(x):
+        """``(min, max)`` of ``x`` widened to contain 0. Non-finite values (rsqrt of a
+        variance quantized to 0) saturate to the range, as the int8 kernels do, and do
+        not widen it."""
+        xs = ops.stop_gradient(x)
+        xs = ops.where(ops.isfinite(xs), xs, ops.zeros_like(xs))
+        return ops.minimum(ops.min(xs), 0.0), ops.maximum(ops.max(xs), 0.0)
+
+    def next_range(self, range_min, range_max, first, batch_min, batch_max):
+        """The range after one batch: the moving average in training, the running
+        min / max while calibrating (``force_update``: PTQ's MinMax rule); the first
+        batch sets it."""
+        if self.force_update:
+            new_min, new_max = ops.minimum(range_min, batch_min), ops.maximum(range_max, batch_max)
+        else:
+            d = self.ema_decay
+            new_min = d * range_min + (1 - d) * batch_min
+            new_max = d * range_max + (1 - d) * batch_max
+        return ops.where(first, batch_min, new_min), ops.where(first, batch_max, new_max)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -163,4 +187,74 @@ class ActivationQuantizer(keras.layers.Layer):
             ema_decay=self.ema_decay,
             fixed_range=None if self.fixed_range is None else list(self.fixed_range),
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class SharedRangeQuantizer(ActivationQuantizer):
+    """One int8 range for several tensors (``num_sites``; call with ``site=i``).
+
+    TFLite's int8 ``CONCATENATION`` requires every input to have the output's scale
+    and zero point. Inputs quantized with ranges of their own each get a requantize
+    op (``QUANTIZE`` int8 -> int8) in the converted file: a second rounding that the
+    QAT model did not train with, an op XNNPACK and the builtin kernels round
+    differently (MediaPipe Tasks and LiteRT disagreed by up to 1 logit on a QAT
+    classifier because of it), and an extra op. The post-training converter gives
+    the concatenated tensors one scale; this layer does the same for QAT: it is
+    called once on each tensor that a concatenation joins (at its producer, so the
+    producer's other consumers see the same int8 tensor), each site keeps the
+    :class:`ActivationQuantizer` range of its own tensor, and every site is
+    quantized with the union of the sites' ranges, i.e. the range of the
+    concatenation's output.
+    """
+
+    def __init__(self, num_sites: int = 2, ema_decay: float = 0.999, **kwargs):
+        kwargs.pop("fixed_range", None)
+        super().__init__(ema_decay, **kwargs)
+        if int(num_sites) < 1:
+            raise ValueError(f"num_sites must be >= 1, got {num_sites}")
+        self.num_sites = int(num_sites)
+
+    def build(self, input_shape):
+        for name in ("range_min", "range_max", "initialized"):
+            weight = self.add_weight(
+                name=name, shape=(self.num_sites,), initializer="zeros", trainable=False
+            )
+            setattr(self, name, weight)
+        self.built = True
+
+    def union_range(self):
+        """``(min, max)`` over the sites seen so far (the range always contains 0)."""
+        seen = ops.greater(self.initialized, 0.0)
+        lo = ops.min(ops.where(seen, self.range_min, 0.0))
+        hi = ops.max(ops.where(seen, self.range_max, 0.0))
+        return lo, hi
+
+    def baked_range(self):
+        import tensorflow as tf
+
+        with tf.init_scope():
+            lo, hi = (float(ops.convert_to_numpy(v)) for v in self.union_range())
+        return snap_range_numpy(lo, hi)
+
+    def call(self, x, site: int = 0, training=None):
+        if not 0 <= int(site) < self.num_sites:
+            raise ValueError(f"{self.name}: site {site} outside [0, {self.num_sites})")
+        if self.bake_ranges and not training:
+            return fake_quant(x, *self.baked_range())
+        if training or self.force_update:
+            batch_min, batch_max = self.batch_range(x)
+            at_site = ops.equal(ops.arange(self.num_sites), int(site))
+            first = ops.equal(self.initialized[site], 0.0)
+            old_min, old_max = self.range_min[site], self.range_max[site]
+            lo, hi = self.next_range(old_min, old_max, first, batch_min, batch_max)
+            self.range_min.assign(ops.where(at_site, lo, self.range_min))
+            self.range_max.assign(ops.where(at_site, hi, self.range_max))
+            self.initialized.assign(ops.where(at_site, 1.0, self.initialized))
+        return fake_quant(x, *snap_range(*self.union_range()))
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("fixed_range", None)
+        config["num_sites"] = self.num_sites
         return config

@@ -35,6 +35,7 @@ from mvit3_keras.layers.attention import LinearSelfAttention, MultiHeadSelfAtten
 from mvit3_keras.layers.fake_quant import (
     UNIT_INTERVAL_RANGE,
     ActivationQuantizer,
+    SharedRangeQuantizer,
     fake_quant,
     quantize_constant,
     quantize_weights_per_channel,
@@ -61,6 +62,21 @@ def require_float32_policy(layer) -> None:
         )
 
 
+def _output_quantizer(layer, shape):
+    """The output's :class:`ActivationQuantizer`, or ``None`` when ``layer`` leaves
+    its output to a :class:`SharedRangeQuantizer` (``quantize_output=False``)."""
+    if not layer.quantize_output:
+        return None
+    quantizer = ActivationQuantizer(layer.ema_decay, name="output_quantizer")
+    quantizer.build(shape)
+    return quantizer
+
+
+def _quantized_output(layer, y, training):
+    quantizer = layer.output_quantizer
+    return y if quantizer is None else quantizer(y, training=training)
+
+
 @keras.saving.register_keras_serializable(package="mvit3_keras")
 class QuantConv(keras.layers.Layer):
     """A convolution / dense layer (+ folded BatchNorm) with int8 fake quantization.
@@ -80,6 +96,7 @@ class QuantConv(keras.layers.Layer):
         batch_norm=None,
         ema_decay: float = 0.999,
         per_channel: bool = True,
+        quantize_output: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -90,6 +107,7 @@ class QuantConv(keras.layers.Layer):
         self.batch_norm_config = None if batch_norm is None else dict(batch_norm)
         self.ema_decay = float(ema_decay)
         self.per_channel = bool(per_channel)
+        self.quantize_output = bool(quantize_output)
 
     def build(self, input_shape):
         require_float32_policy(self)
@@ -103,8 +121,7 @@ class QuantConv(keras.layers.Layer):
                 dict(self.batch_norm_config, name="batch_norm")
             )
             self.batch_norm.build(out_shape)
-        self.output_quantizer = ActivationQuantizer(self.ema_decay, name="output_quantizer")
-        self.output_quantizer.build(out_shape)
+        self.output_quantizer = _output_quantizer(self, out_shape)
         self.built = True
 
     def folded_weights(self):
@@ -191,7 +208,7 @@ class QuantConv(keras.layers.Layer):
             y = y + bias
         if inner.activation is not None:
             y = inner.activation(y)
-        return self.output_quantizer(y, training=training)
+        return _quantized_output(self, y, training)
 
     @staticmethod
     def _dense_as_conv(x, kernel):
@@ -222,6 +239,7 @@ class QuantConv(keras.layers.Layer):
             batch_norm=self.batch_norm_config,
             ema_decay=self.ema_decay,
             per_channel=self.per_channel,
+            quantize_output=self.quantize_output,
         )
         return config
 
@@ -233,15 +251,24 @@ _ACTIVATIONS = ("swish", "silu", "relu", "relu6", "linear", "sigmoid")
 class QuantActivation(keras.layers.Layer):
     """``Activation`` with int8 fake quantization (swish = x * sigmoid(x))."""
 
-    def __init__(self, activation: str = "swish", ema_decay: float = 0.999, **kwargs):
+    def __init__(
+        self,
+        activation: str = "swish",
+        ema_decay: float = 0.999,
+        quantize_output: bool = True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if activation not in _ACTIVATIONS:
             raise ValueError(
                 f"QAT supports activations {_ACTIVATIONS}, got {activation!r}; annotate the "
                 "layer with quantization.quantize_annotate_layer to keep it in float"
             )
+        if activation == "sigmoid" and not quantize_output:
+            raise ValueError("a sigmoid's output range is fixed (the int8 LOGISTIC kernel's)")
         self.activation = activation
         self.ema_decay = float(ema_decay)
+        self.quantize_output = bool(quantize_output)
 
     def build(self, input_shape):
         require_float32_policy(self)
@@ -250,8 +277,7 @@ class QuantActivation(keras.layers.Layer):
                 fixed_range=UNIT_INTERVAL_RANGE, name="sigmoid_quantizer"
             )
         if self.activation != "sigmoid":
-            self.output_quantizer = ActivationQuantizer(self.ema_decay, name="output_quantizer")
-            self.output_quantizer.build(input_shape)
+            self.output_quantizer = _output_quantizer(self, input_shape)
         self.built = True
 
     def call(self, x, training=None):
@@ -265,42 +291,48 @@ class QuantActivation(keras.layers.Layer):
             y = ops.relu6(x)
         else:
             y = x
-        return self.output_quantizer(y, training=training)
+        return _quantized_output(self, y, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
         config = super().get_config()
-        config.update(activation=self.activation, ema_decay=self.ema_decay)
+        config.update(
+            activation=self.activation,
+            ema_decay=self.ema_decay,
+            quantize_output=self.quantize_output,
+        )
         return config
 
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
 class QuantizeWrapper(keras.layers.Wrapper):
-    """Runs ``layer`` (no weights to quantize) and fake-quantizes its output."""
+    """Runs ``layer`` (no weights to quantize) and fake-quantizes its output
+    (``quantize_output=False``: a concatenation of inputs that already share one
+    range, see :class:`~mvit3_keras.layers.SharedRangeQuantizer`)."""
 
-    def __init__(self, layer, ema_decay: float = 0.999, **kwargs):
+    def __init__(self, layer, ema_decay: float = 0.999, quantize_output: bool = True, **kwargs):
         super().__init__(layer, **kwargs)
         self.ema_decay = float(ema_decay)
+        self.quantize_output = bool(quantize_output)
 
     def build(self, input_shape=None):
         require_float32_policy(self)
         if not self.layer.built:
             self.layer.build(input_shape)
-        self.output_quantizer = ActivationQuantizer(self.ema_decay, name="output_quantizer")
-        self.output_quantizer.build(None)
+        self.output_quantizer = _output_quantizer(self, None)
         self.built = True
 
     def call(self, inputs, training=None):
-        return self.output_quantizer(self.layer(inputs), training=training)
+        return _quantized_output(self, self.layer(inputs), training)
 
     def compute_output_shape(self, input_shape):
         return self.layer.compute_output_shape(input_shape)
 
     def get_config(self):
         config = super().get_config()
-        config["ema_decay"] = self.ema_decay
+        config.update(ema_decay=self.ema_decay, quantize_output=self.quantize_output)
         return config
 
 
@@ -331,7 +363,9 @@ class _QuantizedTwin:
 class QuantNormalization(_QuantizedTwin, NormalizationExport):
     """:class:`NormalizationExport` with every intermediate tensor quantized and gamma /
     beta as quantized constants (``float_statistics``: ``ADD(eps) + RSQRT`` in float).
-    One MEAN over all ``axes`` by default (``stepwise_statistics=False``)."""
+    One MEAN over all ``axes`` by default (``stepwise_statistics=False``).
+    ``quantize_output=False``: the output's range is a
+    :class:`~mvit3_keras.layers.SharedRangeQuantizer`'s."""
 
     FLOAT_SWITCH = "float_statistics"
     _STEPS = (
@@ -351,10 +385,12 @@ class QuantNormalization(_QuantizedTwin, NormalizationExport):
         ema_decay: float = 0.999,
         float_statistics: bool = False,
         stepwise_statistics: bool = False,
+        quantize_output: bool = True,
         **kwargs,
     ):
         super().__init__(stepwise_statistics=stepwise_statistics, **kwargs)
         self._init_twin(ema_decay, float_statistics)
+        self.quantize_output = bool(quantize_output)
 
     def build(self, input_shape):
         require_float32_policy(self)
@@ -366,6 +402,8 @@ class QuantNormalization(_QuantizedTwin, NormalizationExport):
             unused.add("scaled")
         if not self.center:
             unused.add("output")
+        if not self.quantize_output:
+            unused.add("output" if self.center else "scaled" if self.scale else "normalized")
         self.quantizers = {
             step: _built_quantizer(f"{step}_quantizer", self.ema_decay)
             for step in self._STEPS
@@ -378,6 +416,9 @@ class QuantNormalization(_QuantizedTwin, NormalizationExport):
 
     def affine_constant(self, weight, training=None):
         return quantize_constant(weight, bake=getattr(self, "bake", False) and not training)
+
+    def get_config(self):
+        return dict(super().get_config(), quantize_output=self.quantize_output)
 
 
 class _QuantizedAttention(_QuantizedTwin):
@@ -437,6 +478,7 @@ class QuantLinearSelfAttention(_QuantizedAttention, LinearSelfAttention):
 
 QAT_LAYER_CLASSES = (
     ActivationQuantizer,
+    SharedRangeQuantizer,
     QuantConv,
     QuantActivation,
     QuantizeWrapper,
