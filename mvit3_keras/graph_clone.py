@@ -11,6 +11,7 @@ copied (or transformed) once the clone is built
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Optional
 
@@ -120,10 +121,14 @@ def clone_with(
 def keep_record(original: keras.Model, clone: keras.Model) -> keras.Model:
     """Copy the variant record of ``original`` onto its ``clone`` (``clone_model`` keeps
     the class but not its constructor arguments), so folded, export and QAT formulations
-    still say which variant they are."""
+    still say which variant they are, and the class's other constructor arguments
+    (``config_attributes``: a detector's anchors and classes, a segmenter's head)."""
     record = model_record(original)
     if record is not None and isinstance(clone, MobileViTModel):
         attach_model_record(clone, record)
+    if type(clone) is type(original):
+        for name in getattr(original, "config_attributes", ()):
+            setattr(clone, name, copy.deepcopy(getattr(original, name)))
     return clone
 
 

@@ -153,10 +153,15 @@ def _prepare_qat(model, options: ExportOptions, shape: tuple) -> PreparedModel:
             f"this QAT model was built for target={qat_target(model)!r}; use "
             f"quantize_model(..., config=QuantizeConfig(target={target!r})) for {target!r}"
         )
+    detector = _is_detector(model)
+    if detector:
+        _check_detector_shape(model, options, shape)
     graph = clone_with(model, lambda layer: None, input_shape=shape, batch_size=options.batch_size)
     bake_ranges(graph)
     allow_float = options.allow_float_ops or bool(float_layers(model))
     allow_float = allow_float or bool(qat_float_islands(model))
+    if detector:
+        return _with_postprocess(model, graph, options, allow_float)
     return prepared_graph(model, graph, options, shape, allow_float)
 
 
@@ -174,13 +179,7 @@ def prepared_graph(model, graph, options: ExportOptions, shape: tuple, allow_flo
     )
 
 
-def _prepare_detector(detector, options: ExportOptions, shape: tuple) -> PreparedModel:
-    """The SSD network in its export formulation for ``options.target`` (as a classifier
-    gets it: the int8 range fixes and float islands of the target) followed by the
-    ``TFLite_Detection_PostProcess`` composite."""
-    from mvit3_keras.detection.export import OP_NAME, detection_postprocess_module
-    from quantization.graph_rewrite import prepare_for_export
-
+def _check_detector_shape(detector, options: ExportOptions, shape: tuple) -> None:
     own = tuple(int(s) for s in detector.input_shape[1:])
     if shape != own or options.batch_size != 1:
         raise ValueError(
@@ -188,22 +187,39 @@ def _prepare_detector(detector, options: ExportOptions, shape: tuple) -> Prepare
             f"fixed); got input_shape={shape}, batch_size={options.batch_size}: build it with "
             "create_detector(..., input_shape=(H, W, 3)) instead"
         )
-    graph = prepare_for_export(
-        detector, options.target.formulation, input_shape=shape, batch_size=1
-    )
+
+
+def _with_postprocess(detector, graph, options: ExportOptions, allow_float: bool):
+    """The SSD network ``graph`` (export or QAT formulation of ``detector``) followed by
+    the ``TFLite_Detection_PostProcess`` composite."""
+    from mvit3_keras.detection.export import OP_NAME, detection_postprocess_module
+
     module = detection_postprocess_module(detector, network=graph, **options.detection_postprocess)
     return PreparedModel(
         source=detector,
         graph=graph,
         function=module.serve.get_concrete_function(),
         trackable=module,
-        input_shape=shape,
+        input_shape=tuple(int(s) for s in detector.input_shape[1:]),
         batch_size=1,
-        allow_float_ops=options.float_ops_allowed,
+        allow_float_ops=allow_float,
         custom_ops=(OP_NAME,),
         compares_outputs=False,
         float_outputs=True,
     )
+
+
+def _prepare_detector(detector, options: ExportOptions, shape: tuple) -> PreparedModel:
+    """The SSD network in its export formulation for ``options.target`` (as a classifier
+    gets it: the int8 range fixes and float islands of the target) followed by the
+    ``TFLite_Detection_PostProcess`` composite."""
+    from quantization.graph_rewrite import prepare_for_export
+
+    _check_detector_shape(detector, options, shape)
+    graph = prepare_for_export(
+        detector, options.target.formulation, input_shape=shape, batch_size=1
+    )
+    return _with_postprocess(detector, graph, options, options.float_ops_allowed)
 
 
 def _is_detector(model) -> bool:

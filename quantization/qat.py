@@ -24,7 +24,9 @@ import numpy as np
 
 from mvit3_keras import layers as L
 from mvit3_keras.compat import consumer_count, layer_calls, producer, sole_parent
+from mvit3_keras.detection.ssd_head import SliceLastAxis
 from mvit3_keras.graph_clone import clone_with, iter_layers
+from mvit3_keras.segmentation import AdaptiveAveragePooling2D, ArgmaxMask, ScaleResize
 from quantization.graph_rewrite import prepare_for_export
 from quantization.qat_config import SKIP_ATTRIBUTE, QuantizeConfig, quantize_annotate_layer
 
@@ -57,6 +59,9 @@ PASS_THROUGH = (
     L.Fold,
     L.ResizeToEven,
     L.ResizeLike,
+    ScaleResize,
+    SliceLastAxis,
+    ArgmaxMask,  # class indices (int32): no range
 )
 # Layers without weights whose output gets its own range.
 OUTPUT_QUANTIZED = (
@@ -66,6 +71,7 @@ OUTPUT_QUANTIZED = (
     keras.layers.Concatenate,
     keras.layers.GlobalAveragePooling2D,
     keras.layers.AveragePooling2D,
+    AdaptiveAveragePooling2D,
     keras.layers.MaxPooling2D,
     keras.layers.ReLU,
 )

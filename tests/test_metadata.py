@@ -374,14 +374,10 @@ def test_mediapipe_image_classifier_fp32(classifier, tmp_path):
 
 @pytest.mark.slow
 def test_mediapipe_image_classifier_int8_and_qat(classifier, tmp_path):
-    from quantization import quantize_model
-    from quantization.qat import calibrate_ranges
-
     calibration = photo_crops(64, IMAGE_SIZE, seed=0)
     spec = MetadataSpec("classification", labels=CLASS_LABELS)
     pixels, images = _pixels(14, IMAGE_SIZE)
-    qat = quantize_model(classifier)
-    calibrate_ranges(qat, calibration[:16])
+    qat = _quantization_aware(classifier, calibration[:16])
     for quant, model, data in (("int8", classifier, calibration), ("qat", qat, None)):
         path = _export_with_metadata(model, tmp_path, quant, spec, data, verify=False)
         got = mediapipe_top1(path, pixels)
@@ -411,21 +407,29 @@ def _mask_agreement(masks, logits, what) -> float:
     return agreement
 
 
+def _quantization_aware(model, images):
+    """``quantize_model(model)`` with its ranges calibrated on ``images``."""
+    from quantization import quantize_model
+    from quantization.qat import calibrate_ranges
+
+    return calibrate_ranges(quantize_model(model), images)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("quant", ["fp32", "int8"])
+@pytest.mark.parametrize("quant", ["fp32", "int8", "qat"])
 def test_mediapipe_image_segmenter(segmenter, quant, tmp_path):
-    calibration = photo_crops(32, IMAGE_SIZE, seed=0) if quant == "int8" else None
+    calibration = photo_crops(32, IMAGE_SIZE, seed=0) if quant != "fp32" else None
+    model = _quantization_aware(segmenter, calibration[:16]) if quant == "qat" else segmenter
+    data = calibration if quant == "int8" else None
     spec = MetadataSpec("segmentation", labels=SEGMENT_LABELS)
-    path = _export_with_metadata(segmenter, tmp_path, quant, spec, calibration, verify=False)
+    path = _export_with_metadata(model, tmp_path, quant, spec, data, verify=False)
     pixels, images = _pixels(6, IMAGE_SIZE)
     masks = mediapipe_segment(path, pixels)
-    keras_agreement = _mask_agreement(
-        masks, segmenter.predict(images, verbose=0), f"Keras, {quant}"
-    )
+    keras_agreement = _mask_agreement(masks, model.predict(images, verbose=0), f"Keras, {quant}")
     if quant == "fp32":
         assert keras_agreement >= 0.98
     else:
-        assert _mask_agreement(masks, litert_outputs(path, images), "LiteRT, int8") >= 0.98
+        assert _mask_agreement(masks, litert_outputs(path, images), f"LiteRT, {quant}") >= 0.98
 
 
 def as_mediapipe_box(box, size) -> np.ndarray:
@@ -473,8 +477,27 @@ def _matched(reference, got, size, same_box=_within_2px) -> tuple:
     return matched, total
 
 
+def _keras_detections(model, images, labels, size) -> list:
+    """``model.detect`` with the file's post-processing settings, as
+    ``(class name, box in pixels)`` per image."""
+    ref = model.detect(
+        images,
+        score_threshold=0.02,
+        pre_nms_top_k=None,
+        max_detections_per_class=20,
+        max_detections=20,
+    )
+    detections = []
+    for i in range(len(images)):
+        count = int(ref["num_detections"][i])
+        boxes = np.asarray(ref["boxes"])[i, :count] * size
+        classes = np.asarray(ref["classes"])[i, :count].astype(int)
+        detections.append([(labels[c], b) for c, b in zip(classes, boxes)])
+    return detections
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("quant", ["fp32", "int8"])
+@pytest.mark.parametrize("quant", ["fp32", "int8", "qat"])
 def test_mediapipe_object_detector(reference, quant, tmp_path):
     """MediaPipe's ObjectDetector on the exported SSD detector (official reference weights,
     metadata, ``TFLite_Detection_PostProcess``) reports every detection LiteRT gives for
@@ -491,32 +514,21 @@ def test_mediapipe_object_detector(reference, quant, tmp_path):
     detector = m.create_detector("mobilevitv3_xxs")
     m.load_cvnets_weights(detector, load_parity(reference, "det_ssd_xx_small_v3"), rgb_input=False)
     labels = ("background",) + tuple(f"object_{i}" for i in range(1, 81))
-    calibration = photo_crops(32, size, seed=0) if quant == "int8" else None
+    calibration = photo_crops(32, size, seed=0) if quant != "fp32" else None
+    model = _quantization_aware(detector, calibration[:16]) if quant == "qat" else detector
     spec = MetadataSpec("detection", labels=labels)
     path = _export_with_metadata(
-        detector,
+        model,
         tmp_path,
         quant,
         spec,
-        calibration,
+        calibration if quant == "int8" else None,
         verify=False,
         detection_postprocess=DETECTION_SETTINGS,
     )
     pixels, images = _pixels(4, size)
     got = mediapipe_detect(path, pixels, max_results=20)
-    ref = detector.detect(
-        images,
-        score_threshold=0.02,
-        pre_nms_top_k=None,
-        max_detections_per_class=20,
-        max_detections=20,
-    )
-    keras_detections = []
-    for i in range(len(images)):
-        count = int(ref["num_detections"][i])
-        boxes = np.asarray(ref["boxes"])[i, :count] * size
-        classes = np.asarray(ref["classes"])[i, :count].astype(int)
-        keras_detections.append([(labels[c], b) for c, b in zip(classes, boxes)])
+    keras_detections = _keras_detections(model, images, labels, size)
     matched, total = _matched(_named_detections(path, images, labels, size), got, size)
     print(f"MediaPipe ObjectDetector vs LiteRT, {quant}: {matched} of {total} detections")
     assert total > 0 and matched == total
