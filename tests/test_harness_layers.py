@@ -192,6 +192,14 @@ LAYER_CASES = (
     qat_case("QuantNormalization", {"axes": [-1]}, TOKENS, TOKENS, state=QUANTIZER_STATE),
     qat_case(
         "QuantNormalization",
+        {"axes": [-1], "quantize_output": False},
+        TOKENS,
+        TOKENS,
+        "shared_range",
+        state=QUANTIZER_STATE,
+    ),
+    qat_case(
+        "QuantNormalization",
         {"axes": [-1], "ema_decay": 0.99, "float_statistics": True},
         TOKENS,
         TOKENS,

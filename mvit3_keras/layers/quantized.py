@@ -356,6 +356,8 @@ class _QuantizedTwin:
         config = super().get_config()
         config.update(ema_decay=self.ema_decay)
         config[self.FLOAT_SWITCH] = getattr(self, self.FLOAT_SWITCH)
+        if hasattr(self, "quantize_output"):  # twins whose output range can be shared
+            config["quantize_output"] = self.quantize_output
         return config
 
 
@@ -416,9 +418,6 @@ class QuantNormalization(_QuantizedTwin, NormalizationExport):
 
     def affine_constant(self, weight, training=None):
         return quantize_constant(weight, bake=getattr(self, "bake", False) and not training)
-
-    def get_config(self):
-        return dict(super().get_config(), quantize_output=self.quantize_output)
 
 
 class _QuantizedAttention(_QuantizedTwin):
