@@ -209,8 +209,7 @@ class SharedRangeQuantizer(ActivationQuantizer):
     """
 
     def __init__(self, num_sites: int = 2, ema_decay: float = 0.999, **kwargs):
-        kwargs.pop("fixed_range", None)
-        super().__init__(ema_decay, **kwargs)
+        super().__init__(ema_decay, fixed_range=None, **kwargs)  # a shared range is tracked
         if int(num_sites) < 1:
             raise ValueError(f"num_sites must be >= 1, got {num_sites}")
         self.num_sites = int(num_sites)
