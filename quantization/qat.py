@@ -75,7 +75,7 @@ OUTPUT_QUANTIZED = (
     keras.layers.MaxPooling2D,
     keras.layers.ReLU,
 )
-_CONVS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+_CONVS = tuple(L.QUANT_CONV_TWINS)
 _ATTENTION_TWINS = {
     L.MultiHeadSelfAttention: L.QuantMultiHeadSelfAttention,
     L.LinearSelfAttention: L.QuantLinearSelfAttention,
@@ -121,13 +121,6 @@ def float_layers(model) -> list:
     return names
 
 
-def _conv_class_name(layer) -> str:
-    for cls in (keras.layers.DepthwiseConv2D, keras.layers.Conv2D, keras.layers.Dense):
-        if type(layer) is cls:
-            return cls.__name__
-    raise TypeError(f"unsupported convolution class {type(layer).__name__}")
-
-
 def conv_batchnorm_plan(model) -> dict:
     """``{conv_name: bn_layer}`` for BatchNorms that directly follow a conv whose
     output feeds nothing else (:class:`~mvit3_keras.layers.QuantConv` folds them, Krishnamoorthi 2018,
@@ -155,18 +148,19 @@ def _transfer_wrapped(old, new):
 
 
 def _quant_conv(layer, config, bn, quantize_output=True):
-    new = L.QuantConv(
-        _conv_class_name(layer),
+    twin_config = dict(
         layer.get_config(),
-        None if bn is None else bn.get_config(),
-        config.ema_decay,
-        config.per_channel,
+        batch_norm=None if bn is None else bn.get_config(),
+        ema_decay=config.ema_decay,
+        per_channel=config.per_channel,
         quantize_output=quantize_output,
-        name=layer.name,
     )
+    new = L.QUANT_CONV_TWINS[type(layer)].from_config(twin_config)
 
     def transfer(old, new_layer):
-        new_layer.inner.set_weights(old.get_weights())
+        new_layer.kernel.assign(old.kernel)
+        if old.use_bias:
+            new_layer.bias.assign(old.bias)
         if bn is not None:
             new_layer.batch_norm.set_weights(bn.get_weights())
 

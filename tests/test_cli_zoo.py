@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import load_parity
+from support.sources import python_files
 
 from mvit3_cli import dispatch as main
 from mvit3_keras.reference import write_parity_checkpoint
@@ -151,22 +152,21 @@ def test_no_module_imports_private_names_of_another_module():
     """``from a.b import _name`` / ``import a._b`` of this repository's modules, from any
     of its folders: make the name public or move it."""
     offending = []
-    for folder in ("mvit3_keras", "training", "quantization", "examples", "tests", "benchmarks"):
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-            for node in ast.walk(tree):
-                if isinstance(node, ast.ImportFrom):
-                    module = node.module or ""
-                    if node.level == 0 and module.split(".")[0] not in FIRST_PARTY:
-                        continue
-                    names = [module, *(a.name for a in node.names)]
-                elif isinstance(node, ast.Import):
-                    names = [a.name for a in node.names if a.name.split(".")[0] in FIRST_PARTY]
-                else:
+    for path in python_files():
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                module = node.module or ""
+                if node.level == 0 and module.split(".")[0] not in FIRST_PARTY:
                     continue
-                parts = [part for name in names for part in name.split(".")]
-                if any(part.startswith("_") and not part.startswith("__") for part in parts):
-                    offending.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
+                names = [module, *(a.name for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names if a.name.split(".")[0] in FIRST_PARTY]
+            else:
+                continue
+            parts = [part for name in names for part in name.split(".")]
+            if any(part.startswith("_") and not part.startswith("__") for part in parts):
+                offending.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
     assert not offending, "\n".join(offending)
 
 

@@ -11,6 +11,8 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from support.sources import python_files  # noqa: E402
+
 from mvit3_keras import compat  # noqa: E402
 from training import optimizers  # noqa: E402
 
@@ -110,8 +112,7 @@ def _private_reach(path: Path) -> list:
 
 
 def test_keras_and_tensorflow_internals_only_in_compat():
-    folders = ("mvit3_keras", "training", "quantization", "examples", "tests", "benchmarks")
-    paths = [p for f in folders for p in sorted((ROOT / f).rglob("*.py"))]
+    paths = python_files()
     paths.append(ROOT / "mvit3_cli.py")
     assert len(paths) > 50
     offending = [hit for p in paths if p.name != "compat.py" for hit in _private_reach(p)]

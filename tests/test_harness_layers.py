@@ -49,16 +49,23 @@ class LayerCase:
 
 
 def conv_quant_kwargs():
-    """A ``QuantConv`` replacing Conv2D(8, 3) + BatchNorm (folded, frozen statistics)."""
+    """A ``QuantConv2D`` replacing Conv2D(8, 3) + BatchNorm (folded, frozen statistics)."""
     return dict(
-        layer_class="Conv2D",
-        layer_config=keras.layers.Conv2D(8, 3, padding="same", name="conv").get_config(),
+        filters=8,
+        kernel_size=3,
+        padding="same",
         batch_norm=keras.layers.BatchNormalization(name="bn").get_config(),
     )
 
 
-def dense_quant_kwargs():
-    return dict(layer_class="Dense", layer_config=keras.layers.Dense(6, name="fc").get_config())
+def depthwise_quant_kwargs():
+    """A ``QuantDepthwiseConv2D`` (multiplier 2, stride 2) + folded BatchNorm."""
+    return dict(
+        kernel_size=3,
+        strides=2,
+        depth_multiplier=2,
+        batch_norm=keras.layers.BatchNormalization(name="bn").get_config(),
+    )
 
 
 def quantize_wrapper_kwargs():
@@ -175,17 +182,19 @@ LAYER_CASES = (
         (2, 4, 4, 3),
         updated_weights=QUANT_RANGES,
     ),
-    qat_case("QuantConv", conv_quant_kwargs, (2, 6, 6, 4), (2, 6, 6, 8)),
+    qat_case("QuantConv2D", conv_quant_kwargs, (2, 6, 6, 4), (2, 6, 6, 8)),
     LayerCase(  # output range left to a SharedRangeQuantizer: no state of its own
-        "QuantConv",
+        "QuantConv2D",
         lambda: dict(conv_quant_kwargs(), quantize_output=False),
         (2, 6, 6, 4),
         (2, 6, 6, 8),
         "shared_range",
         rejects_mixed_precision=True,
     ),
-    qat_case("QuantConv", dense_quant_kwargs, (2, 4, 12, 5), (2, 4, 12, 6), "dense"),
+    qat_case("QuantDepthwiseConv2D", depthwise_quant_kwargs, (2, 7, 7, 4), (2, 3, 3, 8)),
+    qat_case("QuantDense", {"units": 6}, (2, 4, 12, 5), (2, 4, 12, 6)),
     qat_case("QuantActivation", {}, (2, 4, 4, 3), (2, 4, 4, 3)),
+    qat_case("QuantActivation", {"activation": "relu6"}, (2, 4, 4, 3), (2, 4, 4, 3), "relu6"),
     qat_case(
         "QuantizeWrapper", quantize_wrapper_kwargs, [(2, 4, 4, 3), (2, 4, 4, 3)], (2, 4, 4, 3)
     ),

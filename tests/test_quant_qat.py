@@ -13,6 +13,9 @@ from mvit3_keras.layers import (
     ActivationQuantizer,
     QuantActivation,
     QuantConv,
+    QuantConv2D,
+    QuantDense,
+    QuantDepthwiseConv2D,
     QuantLinearSelfAttention,
     QuantMultiHeadSelfAttention,
     QuantNormalization,
@@ -45,9 +48,12 @@ def test_quantize_model_structure_train_and_reload(tmp_path, crops):
     qat = quantize_model(model)
     assert is_qat_model(qat) and not is_qat_model(model)
     kinds = {type(layer) for layer in qat.layers}
-    assert {QuantConv, QuantActivation, QuantNormalization, QuantMultiHeadSelfAttention} <= kinds
+    twins = {QuantConv2D, QuantDepthwiseConv2D, QuantDense, QuantActivation, QuantNormalization}
+    assert twins | {QuantMultiHeadSelfAttention} <= kinds
     assert not any(issubclass(k, keras.layers.BatchNormalization) for k in kinds)  # folded
-    assert keras.layers.Dense not in kinds and keras.layers.Conv2D not in kinds
+    stock = {keras.layers.Dense, keras.layers.Conv2D, keras.layers.DepthwiseConv2D}
+    assert not stock & kinds  # every conv replaced by its twin (a subclass of it)
+    assert issubclass(QuantDepthwiseConv2D, keras.layers.DepthwiseConv2D)
     folded = [layer for layer in qat.layers if isinstance(layer, QuantConv) and layer.batch_norm]
     assert len(folded) == sum(isinstance(x, keras.layers.BatchNormalization) for x in model.layers)
     # before calibration ranges are uninitialised; calibration sets them from data
@@ -56,7 +62,7 @@ def test_quantize_model_structure_train_and_reload(tmp_path, crops):
     assert float(quantizer.initialized.numpy()) == 1.0
     assert float(quantizer.range_max.numpy()) > float(quantizer.range_min.numpy())
     np.testing.assert_allclose(
-        qat.get_layer("classifier.fc").inner.kernel.numpy(),
+        qat.get_layer("classifier.fc").kernel.numpy(),
         model.get_layer("classifier.fc").kernel.numpy(),
     )
     # the calibrated QAT model is the PTQ operating point: close to the float model

@@ -8,11 +8,13 @@ kernel; weights per channel), so the converted int8 model reproduces the QAT
 model's numerics (Jacob et al., "Quantization and Training of Neural Networks for
 Efficient Integer-Arithmetic-Only Inference", CVPR 2018):
 
-* :class:`QuantConv` - ``Conv2D`` / ``DepthwiseConv2D`` / ``Dense`` with the
-  following ``BatchNormalization`` folded in (frozen statistics) -> one
-  ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` / ``FULLY_CONNECTED`` with int32 bias;
-* :class:`QuantActivation` - swish as ``LOGISTIC`` (fixed range) + ``MUL``;
-  ReLU / linear;
+* :class:`QuantConv2D`, :class:`QuantDepthwiseConv2D`, :class:`QuantDense` -
+  subclasses of the stock layers with the following ``BatchNormalization`` folded
+  in (frozen statistics) -> one ``CONV_2D`` / ``DEPTHWISE_CONV_2D`` / 1x1
+  ``CONV_2D`` with int32 bias (their shared quantization points:
+  :class:`QuantConv`);
+* :class:`QuantActivation` - a subclass of ``Activation``: swish as ``LOGISTIC``
+  (fixed range) + ``MUL``; ReLU / ReLU6 / linear;
 * :class:`QuantizeWrapper` - output quantization for ``Add``, ``Concatenate``,
   ``Multiply``, pooling;
 * :class:`QuantNormalization`, :class:`QuantMultiHeadSelfAttention`,
@@ -41,12 +43,6 @@ from mvit3_keras.layers.fake_quant import (
     quantize_weights_per_channel,
 )
 from mvit3_keras.layers.normalization import NormalizationExport
-
-_CONV_CLASSES = {
-    "Conv2D": keras.layers.Conv2D,
-    "DepthwiseConv2D": keras.layers.DepthwiseConv2D,
-    "Dense": keras.layers.Dense,
-}
 
 
 def require_float32_policy(layer) -> None:
@@ -77,33 +73,34 @@ def _quantized_output(layer, y, training):
     return y if quantizer is None else quantizer(y, training=training)
 
 
-@keras.saving.register_keras_serializable(package="mvit3_keras")
-class QuantConv(keras.layers.Layer):
-    """A convolution / dense layer (+ folded BatchNorm) with int8 fake quantization.
+class QuantConv:
+    """The quantization points of a convolution / dense layer with the following
+    ``BatchNormalization`` folded in (frozen statistics), shared by
+    :class:`QuantConv2D`, :class:`QuantDepthwiseConv2D` and :class:`QuantDense`: each
+    is the stock Keras layer (its own ``kernel`` / ``bias``, its config) plus
 
-    ``layer_class`` / ``layer_config``: the float layer it replaces (its weights
-    live in ``self.inner``); ``batch_norm``: config of the folded
-    ``BatchNormalization`` (weights in ``self.batch_norm``) or ``None``.
-    Folding: ``w' = w * gamma / sqrt(var + eps)`` per output channel,
-    ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``; ``w'`` is fake-quantized
-    per output channel, the output per tensor.
+    * ``batch_norm``: config of the folded ``BatchNormalization`` (weights in
+      ``self.batch_norm``) or ``None``. Folding: ``w' = w * gamma / sqrt(var + eps)``
+      per output channel, ``b' = (b - mean) * gamma / sqrt(var + eps) + beta``;
+    * ``w'`` fake-quantized per output channel (symmetric, narrow range: TFLite's
+      int8 weights), the output per tensor (``quantize_output=False``: left to a
+      :class:`~mvit3_keras.layers.SharedRangeQuantizer`).
+
+    A subclass says how its kernel is laid out (``channels_last_kernel``: the kernel
+    as ``[..., output channels]``) and how it is applied (``convolve``, or
+    ``apply_kernel``).
     """
 
     def __init__(
         self,
-        layer_class: str,
-        layer_config: dict,
+        *args,
         batch_norm=None,
         ema_decay: float = 0.999,
         per_channel: bool = True,
         quantize_output: bool = True,
         **kwargs,
     ):
-        super().__init__(**kwargs)
-        if layer_class not in _CONV_CLASSES:
-            raise ValueError(f"QuantConv wraps {sorted(_CONV_CLASSES)}, got {layer_class!r}")
-        self.layer_class = layer_class
-        self.layer_config = dict(layer_config)
+        super().__init__(*args, **kwargs)
         self.batch_norm_config = None if batch_norm is None else dict(batch_norm)
         self.ema_decay = float(ema_decay)
         self.per_channel = bool(per_channel)
@@ -111,10 +108,8 @@ class QuantConv(keras.layers.Layer):
 
     def build(self, input_shape):
         require_float32_policy(self)
-        cfg = dict(self.layer_config, name="inner")
-        self.inner = _CONV_CLASSES[self.layer_class].from_config(cfg)
-        self.inner.build(input_shape)
-        out_shape = self.inner.compute_output_shape(input_shape)
+        super().build(input_shape)
+        out_shape = self.compute_output_shape(input_shape)
         self.batch_norm = None
         if self.batch_norm_config is not None:
             self.batch_norm = keras.layers.BatchNormalization.from_config(
@@ -122,12 +117,16 @@ class QuantConv(keras.layers.Layer):
             )
             self.batch_norm.build(out_shape)
         self.output_quantizer = _output_quantizer(self, out_shape)
-        self.built = True
+
+    @staticmethod
+    def channels_last_kernel(kernel):
+        """``kernel`` as ``[..., output channels]`` (a view for per-channel ranges)."""
+        return kernel
 
     def folded_weights(self):
         """``(kernel, bias or None)`` with the BatchNorm folded in (float)."""
-        kernel = self.inner.kernel
-        bias = self.inner.bias if getattr(self.inner, "use_bias", False) else None
+        kernel = self.kernel
+        bias = self.bias if self.use_bias else None
         bn = self.batch_norm
         if bn is None:
             return kernel, bias
@@ -139,23 +138,11 @@ class QuantConv(keras.layers.Layer):
             shift = shift + bn.beta
         if bias is not None:
             shift = shift + bias * scale
-        if self.layer_class == "DepthwiseConv2D":
-            kh, kw, cin, mult = kernel.shape
-            kernel = kernel * ops.reshape(scale, (cin, mult))
-        else:
-            kernel = kernel * scale
-        return kernel, shift
+        return ops.reshape(self.channels_last_kernel(kernel) * scale, kernel.shape), shift
 
     def quantized_kernel(self, kernel):
-        if self.layer_class == "Dense":
-            cin, cout = kernel.shape
-            flat = ops.reshape(kernel, (1, 1, cin, cout))
-            return ops.reshape(quantize_weights_per_channel(flat, self.per_channel), kernel.shape)
-        if self.layer_class == "DepthwiseConv2D":
-            kh, kw, cin, mult = kernel.shape
-            flat = ops.reshape(kernel, (kh, kw, 1, cin * mult))  # output channels last
-            return ops.reshape(quantize_weights_per_channel(flat, self.per_channel), kernel.shape)
-        return quantize_weights_per_channel(kernel, self.per_channel)
+        flat = self.channels_last_kernel(kernel)
+        return ops.reshape(quantize_weights_per_channel(flat, self.per_channel), kernel.shape)
 
     def baked_weights(self):
         """Folded kernel and bias as NumPy constants, with the per-channel
@@ -167,13 +154,7 @@ class QuantConv(keras.layers.Layer):
             kernel, bias = self.folded_weights()
             kernel = np.asarray(kernel, dtype=np.float32)
             bias = None if bias is None else np.asarray(bias, dtype=np.float32)
-        if self.layer_class == "Dense":
-            flat = kernel.reshape(1, 1, *kernel.shape)
-        elif self.layer_class == "DepthwiseConv2D":
-            kh, kw, cin, mult = kernel.shape
-            flat = kernel.reshape(kh, kw, 1, cin * mult)
-        else:
-            flat = kernel
+            flat = np.asarray(self.channels_last_kernel(kernel))  # eager: NumPy
         axes = tuple(range(flat.ndim - 1)) if self.per_channel else None
         bound = np.maximum(np.abs(flat).max(axis=axes), 1e-8).astype(np.float32)
         q = fake_quant(
@@ -185,37 +166,72 @@ class QuantConv(keras.layers.Layer):
         )
         return ops.reshape(q, kernel.shape), bias
 
+    def apply_kernel(self, x, kernel):
+        """The float layer's product with ``kernel`` (``convolve``: its op)."""
+        return self.convolve(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            data_format=self.data_format,
+            dilation_rate=self.dilation_rate,
+        )
+
     def call(self, x, training=None):
         if getattr(self, "bake", False) and not training:
             kernel, bias = self.baked_weights()
         else:
             kernel, bias = self.folded_weights()
             kernel = self.quantized_kernel(kernel)
-        inner = self.inner
-        if self.layer_class == "Dense":
-            y = self._dense_as_conv(x, kernel)
-        else:
-            convolve = ops.conv if self.layer_class == "Conv2D" else ops.depthwise_conv
-            y = convolve(
-                x,
-                kernel,
-                strides=inner.strides,
-                padding=inner.padding,
-                data_format=inner.data_format,
-                dilation_rate=inner.dilation_rate,
-            )
+        y = self.apply_kernel(x, kernel)
         if bias is not None:
             y = y + bias
-        if inner.activation is not None:
-            y = inner.activation(y)
+        if self.activation is not None:
+            y = self.activation(y)
         return _quantized_output(self, y, training)
 
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            batch_norm=self.batch_norm_config,
+            ema_decay=self.ema_decay,
+            per_channel=self.per_channel,
+            quantize_output=self.quantize_output,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantConv2D(QuantConv, keras.layers.Conv2D):
+    """``Conv2D`` (+ folded BatchNorm) -> one int8 ``CONV_2D`` with int32 bias."""
+
+    convolve = staticmethod(ops.conv)
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantDepthwiseConv2D(QuantConv, keras.layers.DepthwiseConv2D):
+    """``DepthwiseConv2D`` (+ folded BatchNorm) -> one int8 ``DEPTHWISE_CONV_2D``; its
+    kernel ``[kh, kw, C, multiplier]`` has output channel ``c * multiplier + m``."""
+
+    convolve = staticmethod(ops.depthwise_conv)
+
     @staticmethod
-    def _dense_as_conv(x, kernel):
-        """``x @ kernel`` as a 1x1 convolution: TFLite's FULLY_CONNECTED takes its
-        weights as ``[out, in]``, and the converter cannot transpose a
-        per-channel fake-quantized ``[in, out]`` kernel; CONV_2D keeps one scale
-        per output channel."""
+    def channels_last_kernel(kernel):
+        kh, kw, cin, mult = kernel.shape
+        return ops.reshape(kernel, (kh, kw, 1, cin * mult))
+
+
+@keras.saving.register_keras_serializable(package="mvit3_keras")
+class QuantDense(QuantConv, keras.layers.Dense):
+    """``Dense`` -> an int8 1x1 ``CONV_2D``: TFLite's FULLY_CONNECTED takes its weights
+    as ``[out, in]``, and the converter cannot transpose a per-channel fake-quantized
+    ``[in, out]`` kernel; CONV_2D keeps one scale per output channel."""
+
+    @staticmethod
+    def channels_last_kernel(kernel):
+        return ops.reshape(kernel, (1, 1, *kernel.shape))
+
+    def apply_kernel(self, x, kernel):
         cin, cout = kernel.shape
         kernel = ops.reshape(kernel, (1, 1, cin, cout))
         shape = x.shape
@@ -227,29 +243,23 @@ class QuantConv(keras.layers.Layer):
         y = ops.conv(ops.reshape(x, (-1, 1, middle, cin)), kernel, padding="valid")
         return ops.reshape(y, (-1, *shape[1:-1], cout))
 
-    def compute_output_shape(self, input_shape):
-        cfg = dict(self.layer_config)
-        return _CONV_CLASSES[self.layer_class].from_config(cfg).compute_output_shape(input_shape)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            layer_class=self.layer_class,
-            layer_config=self.layer_config,
-            batch_norm=self.batch_norm_config,
-            ema_decay=self.ema_decay,
-            per_channel=self.per_channel,
-            quantize_output=self.quantize_output,
-        )
-        return config
+QUANT_CONV_TWINS = {
+    keras.layers.Conv2D: QuantConv2D,
+    keras.layers.DepthwiseConv2D: QuantDepthwiseConv2D,
+    keras.layers.Dense: QuantDense,
+}
+"""The quantized twin of each stock convolution class (exact type)."""
 
 
 _ACTIVATIONS = ("swish", "silu", "relu", "relu6", "linear", "sigmoid")
 
 
 @keras.saving.register_keras_serializable(package="mvit3_keras")
-class QuantActivation(keras.layers.Layer):
-    """``Activation`` with int8 fake quantization (swish = x * sigmoid(x))."""
+class QuantActivation(keras.layers.Activation):
+    """``Activation`` with int8 fake quantization: swish = ``x * sigmoid(x)`` as
+    TFLite's ``LOGISTIC`` (fixed output range) + ``MUL``; ReLU / ReLU6 / linear; a
+    sigmoid alone is the ``LOGISTIC`` with its fixed range."""
 
     def __init__(
         self,
@@ -258,7 +268,6 @@ class QuantActivation(keras.layers.Layer):
         quantize_output: bool = True,
         **kwargs,
     ):
-        super().__init__(**kwargs)
         if activation not in _ACTIVATIONS:
             raise ValueError(
                 f"QAT supports activations {_ACTIVATIONS}, got {activation!r}; annotate the "
@@ -266,40 +275,33 @@ class QuantActivation(keras.layers.Layer):
             )
         if activation == "sigmoid" and not quantize_output:
             raise ValueError("a sigmoid's output range is fixed (the int8 LOGISTIC kernel's)")
-        self.activation = activation
+        super().__init__(activation, **kwargs)
+        self.activation_name = activation
         self.ema_decay = float(ema_decay)
         self.quantize_output = bool(quantize_output)
 
     def build(self, input_shape):
         require_float32_policy(self)
-        if self.activation in ("swish", "silu", "sigmoid"):
+        if self.activation_name in ("swish", "silu", "sigmoid"):
             self.sigmoid_quantizer = ActivationQuantizer(
                 fixed_range=UNIT_INTERVAL_RANGE, name="sigmoid_quantizer"
             )
-        if self.activation != "sigmoid":
+        if self.activation_name != "sigmoid":
             self.output_quantizer = _output_quantizer(self, input_shape)
-        self.built = True
 
     def call(self, x, training=None):
-        if self.activation == "sigmoid":
+        if self.activation_name == "sigmoid":
             return self.sigmoid_quantizer(ops.sigmoid(x))
-        if self.activation in ("swish", "silu"):
+        if self.activation_name in ("swish", "silu"):
             y = x * self.sigmoid_quantizer(ops.sigmoid(x))
-        elif self.activation == "relu":
-            y = ops.relu(x)
-        elif self.activation == "relu6":
-            y = ops.relu6(x)
         else:
-            y = x
+            y = self.activation(x)
         return _quantized_output(self, y, training)
-
-    def compute_output_shape(self, input_shape):
-        return input_shape
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            activation=self.activation,
+            activation=self.activation_name,
             ema_decay=self.ema_decay,
             quantize_output=self.quantize_output,
         )
@@ -478,7 +480,7 @@ class QuantLinearSelfAttention(_QuantizedAttention, LinearSelfAttention):
 QAT_LAYER_CLASSES = (
     ActivationQuantizer,
     SharedRangeQuantizer,
-    QuantConv,
+    QuantConv,  # QuantConv2D, QuantDepthwiseConv2D, QuantDense
     QuantActivation,
     QuantizeWrapper,
     QuantNormalization,
