@@ -1,10 +1,16 @@
-"""Plot latency vs MACs of every measured variant (``results/latency_vs_macs.png``).
+"""Plot latency vs MACs of every measured variant (``results/latency_vs_macs.png``) and
+how close to this machine's limits they run (``results/limits_and_scaling.png``).
 
 Left: float inference at batch 32 (filled) and 1 (hollow), ms per image, from ``inference.json`` - our
 ``tf.function`` of ``optimize_for_inference(model)`` for every variant measured, and the timm models (best
 PyTorch layout) at the MACs of their twin. Right: LiteRT batch-1 latency at 2
 threads from ``tflite_latency.json`` (fp32, int8, QAT-int8, ONNX Runtime fp32 on
 the timm equivalent). MACs: our counter's official figure (ml-cvnets rules).
+
+``limits_and_scaling.png``, left: each variant's LiteRT MAC rate as a fraction of
+this machine's measured fp32 and int8 peaks (``variant_latency.json``); right: batch-1
+latency vs input size, log-log, Keras and LiteRT, with the fitted growth exponents
+(``scaling.json``).
 
     python benchmarks/plot.py [--output-dir benchmarks/results]
 """
@@ -93,7 +99,64 @@ def plot(output_dir) -> str | None:
         fontsize=10,
     )
     fig.tight_layout()
-    return _save(fig, output_dir)
+    return _save(fig, output_dir, "latency_vs_macs.png")
+
+
+def plot_limits(output_dir) -> str | None:
+    """``limits_and_scaling.png`` from ``variant_latency.json`` and ``scaling.json``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = _load(os.path.join(output_dir, "variant_latency.json"))
+    scaling = _load(os.path.join(output_dir, "scaling.json"))
+    if variants is None and scaling is None:
+        print(f"[plot] no variant_latency.json / scaling.json in {output_dir}: no limits plot")
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
+    _plot_peak_fractions(axes[0], variants)
+    _plot_scaling(axes[1], scaling)
+    fig.tight_layout()
+    return _save(fig, output_dir, "limits_and_scaling.png")
+
+
+def _plot_peak_fractions(ax, variants) -> None:
+    """Left: % of the measured fp32 / int8 LiteRT peak per variant and file."""
+    rows = (variants or {}).get("rows", [])
+    kinds = (("fp32", "fp32 file / fp32 peak"), ("cpu", "default int8 / int8 peak"))
+    kinds += (("npu", "full-integer / int8 peak"),)
+    width = 0.8 / len(kinds)
+    for i, (kind, label) in enumerate(kinds):
+        xs = [j + (i - 1) * width for j in range(len(rows))]
+        ax.bar(xs, [100 * r[f"{kind}_fraction_of_peak"] for r in rows], width, label=label)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["model"].replace("mobilevit", "mv") for r in rows], rotation=60)
+    ax.axhline(40, color="gray", linestyle="--", linewidth=1)
+    peak = (variants or {}).get("peak", {}).get("macs_per_s", {})
+    ax.set_ylabel("% of this machine's measured LiteRT peak")
+    ax.set_title(
+        "LiteRT batch 1: MAC rate vs peak "
+        f"(fp32 {peak.get('fp32', 0) / 1e9:.0f}, int8 {peak.get('int8', 0) / 1e9:.0f} GMAC/s)"
+    )
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+
+
+def _plot_scaling(ax, scaling) -> None:
+    """Right: latency vs pixels (log-log) per model and runtime, exponents in the legend."""
+    for name, entry in (scaling or {}).get("results", {}).items():
+        pixels = [r["size"] ** 2 for r in entry["rows"]]
+        for runtime, marker in (("keras", "o-"), ("litert", "s--")):
+            k = entry["fits"][f"{runtime}_ms"]
+            ax.loglog(
+                pixels,
+                [r[f"{runtime}_ms"] for r in entry["rows"]],
+                marker,
+                label=f"{name} {runtime}: k={k['all_sizes']:.2f} (top two {k['largest_two']:.2f})",
+            )
+    _decorate(ax, "pixels (input size squared)", "ms, batch 1, 2 threads")
+    ax.set_title("Latency ~ pixels^k (v1-family attention: quadratic in patches)")
 
 
 def _plot_inference(ax, inf) -> None:
@@ -150,13 +213,13 @@ def _decorate(ax, xlabel, ylabel, legend_size=8) -> None:
     ax.legend(fontsize=legend_size)
 
 
-def _save(fig, output_dir) -> str:
-    """Write ``latency_vs_macs.png`` atomically and close the figure."""
+def _save(fig, output_dir, filename: str) -> str:
+    """Write ``filename`` atomically and close the figure."""
     import matplotlib.pyplot as plt
 
     from mvit3_keras.io_utils import atomic_path
 
-    path = os.path.join(output_dir, "latency_vs_macs.png")
+    path = os.path.join(output_dir, filename)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110)
     plt.close(fig)
@@ -171,6 +234,7 @@ def main(argv=None) -> int:
     p.add_argument("--output-dir", default=str(C.RESULTS_DIR))
     args = p.parse_args(argv)
     plot(args.output_dir)
+    plot_limits(args.output_dir)
     return 0
 
 

@@ -79,6 +79,7 @@ if [ "$QUICK" = 1 ]; then
 else
   run variant_latency "$PY" benchmarks/variant_latency.py
 fi
+run scaling "$PY" benchmarks/scaling.py
 run litert_profile "$PY" benchmarks/litert_profile.py --models mobilevitv3_xxs,mobilevitv3_050
 run training_step "$PY" benchmarks/training_step.py "${ROUNDS[@]}" "${PEER_ARG[@]}"
 if [ -f benchmarks/input_pipeline.py ]; then
@@ -95,4 +96,4 @@ if [ ${#FAILED[@]} -gt 0 ]; then
   echo "finished with failures: ${FAILED[*]} (logs in $LOGS)" >&2
   exit 1
 fi
-echo "all benchmarks done: $RESULTS/*.json, $RESULTS/latency_vs_macs.png"
+echo "all benchmarks done: $RESULTS/*.json, $RESULTS/latency_vs_macs.png, $RESULTS/limits_and_scaling.png"

@@ -107,6 +107,25 @@ def test_variant_latency_smoke(tmp_path):
     assert {s["kind"] for s in peak["shapes"].values()} == {"fp32", "int8"}
 
 
+@pytest.mark.slow
+def test_scaling_smoke(tmp_path):
+    """Keras and LiteRT latency at two sizes, growth exponents, and the limits plot."""
+    _run("scaling", tmp_path, "--rounds", "1")
+    data = _load(tmp_path, "scaling")
+    entry = data["results"]["mobilevitv3_xxs"]
+    assert [r["size"] for r in entry["rows"]] == [64, 128]
+    for r in entry["rows"]:
+        assert r["keras_ms"] > 0 and r["litert_ms"] > 0
+        assert 0 < r["attention_macs"] < r["macs_real"]
+    # MACs grow faster than the pixels: the v1-family attention is quadratic in N
+    macs = entry["fits"]["macs_real"]["all_sizes"]
+    assert 1.0 < macs < 2.0, macs
+    from benchmarks import plot
+
+    path = plot.plot_limits(str(tmp_path))
+    assert path and (tmp_path / "limits_and_scaling.png").stat().st_size > 10_000
+
+
 def test_litert_profile_uses_the_library_profiler(tmp_path):
     """Per-op times from :func:`quantization.benchmark.profile_ops`, XNNPACK's choice per op."""
     import keras
@@ -156,3 +175,13 @@ def test_timm_state_dict_mapping_rejects_other_architecture():
         to_timm_state_dict(model, [["x", [1]]] * (n - 1))
     with pytest.raises(ValueError, match="shapes differ"):
         to_timm_state_dict(model, [["x", [1]]] * n)
+
+
+def test_growth_exponent_recovers_power_laws():
+    from benchmarks.scaling import growth_exponent
+
+    pixels = [128**2, 256**2, 512**2, 1024**2]
+    assert abs(growth_exponent(pixels, [3e-3 * p for p in pixels]) - 1.0) < 1e-12
+    assert abs(growth_exponent(pixels, [2e-9 * p**2 for p in pixels]) - 2.0) < 1e-12
+    linear_plus_quadratic = [p + 1e-6 * p**2 for p in pixels]
+    assert 1.0 < growth_exponent(pixels[-2:], linear_plus_quadratic[-2:]) < 2.0
