@@ -292,3 +292,30 @@ def test_qat_finetune_is_the_trainer_with_a_quantized_model(task, metric, tmp_pa
     # the same command again: the run is complete, nothing is trained twice
     again = qat_finetune(_demo_float_model(task), "demo", str(out), task=task, **kwargs)
     assert again[f"val_{metric}_qat"] == pytest.approx(summary[f"val_{metric}_qat"])
+
+
+def test_older_quant_conv_file_is_a_clear_error(tmp_path):
+    """A QAT file saved when ``QuantConv`` wrapped a stock layer (``layer_class`` /
+    ``layer_config``, weights in an ``inner`` sublayer) names the change and the fix
+    instead of failing on a weight layout that no longer exists."""
+    import json
+    import zipfile
+
+    inputs = keras.Input((8, 8, 3))
+    outputs = QuantConv2D(4, 3, padding="same", name="conv")(inputs)
+    path = tmp_path / "new.keras"
+    keras.Model(inputs, outputs).save(path)
+    with zipfile.ZipFile(path) as archive:
+        files = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(files["config.json"])
+    layer = next(x for x in config["config"]["layers"] if x["name"] == "conv")
+    stock = keras.layers.Conv2D(4, 3, padding="same", name="conv").get_config()
+    layer.update(class_name="QuantConv", registered_name="mvit3_keras>QuantConv")
+    layer["config"] = {"name": "conv", "layer_class": "Conv2D", "layer_config": stock}
+    files["config.json"] = json.dumps(config).encode()
+    old = tmp_path / "old.keras"
+    with zipfile.ZipFile(old, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    with pytest.raises(ValueError, match="older mvit3-keras.*QuantConv2D.*quantize_model"):
+        keras.models.load_model(old)

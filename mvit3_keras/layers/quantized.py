@@ -73,6 +73,7 @@ def _quantized_output(layer, y, training):
     return y if quantizer is None else quantizer(y, training=training)
 
 
+@keras.saving.register_keras_serializable(package="mvit3_keras")
 class QuantConv:
     """The quantization points of a convolution / dense layer with the following
     ``BatchNormalization`` folded in (frozen statistics), shared by
@@ -105,6 +106,19 @@ class QuantConv:
         self.ema_decay = float(ema_decay)
         self.per_channel = bool(per_channel)
         self.quantize_output = bool(quantize_output)
+
+    @classmethod
+    def from_config(cls, config):
+        if "layer_class" in config:  # a QuantConv layer of an older saved file
+            raise ValueError(
+                f"layer {config.get('name')!r} is a QuantConv wrapping a "
+                f"{config['layer_class']}, saved by an older mvit3-keras: quantization-aware "
+                "convolutions are now QuantConv2D / QuantDepthwiseConv2D / QuantDense "
+                "(subclasses of the stock layers) and that file's weights do not load into "
+                "them. Re-create the QAT model from its float model "
+                "(quantization.quantize_model) and fine-tune it again"
+            )
+        return super().from_config(config)
 
     def build(self, input_shape):
         require_float32_policy(self)
