@@ -77,25 +77,63 @@ def _island_layers(graph) -> tuple:
     return attention, norms
 
 
+def _norm_island(rsqrt: dict, producer: dict, consumers: dict) -> list:
+    r"""The ops of one norm's statistics around its ``rsqrt`` op: the square of the
+    centered input (``MUL(c, c)``), the variance ``MEAN``\ (s), ``ADD(eps)``, ``RSQRT`` and
+    the ``MUL`` by the centered input that normalizes.
+
+    In float they keep the normalized output within ``sqrt(C - 1)`` of 0, whatever the
+    tokens' variances; in int8 a token whose variance is below 1/255 of the largest
+    rounds it to 0, ``rsqrt(eps)`` blows it up by ~300x and that token's range swamps
+    the next tensors' (an int8 ``RSQRT`` spans the same 255x too)."""
+    island = [rsqrt]
+    op = producer.get(rsqrt["inputs"][0]["index"])
+    if op is not None and op["op"] == "ADD":
+        island.append(op)
+        op = next(filter(None, (producer.get(t["index"]) for t in op["inputs"])), None)
+    while op is not None and op["op"] == "MEAN":
+        island.append(op)
+        op = producer.get(op["inputs"][0]["index"])
+    if op is not None and op["op"] == "MUL" and _is_square(op):
+        island.append(op)
+        centered = op["inputs"][0]["index"]
+        island += [
+            c
+            for c in consumers.get(rsqrt["outputs"][0]["index"], [])
+            if c["op"] == "MUL" and centered in {t["index"] for t in c["inputs"]}
+        ]
+    return island
+
+
+def _is_square(op: dict) -> bool:
+    return len(op["inputs"]) == 2 and op["inputs"][0]["index"] == op["inputs"][1]["index"]
+
+
+def _island_ops(report, attention: list, norms: list) -> dict:
+    """``{island: [op, ...]}`` of ``report`` (a calibrated float graph's inspection)."""
+    producer = {t["index"]: op for op in report.ops for t in op["outputs"]}
+    consumers = {}
+    for op in report.ops:
+        for t in op["inputs"]:
+            consumers.setdefault(t["index"], []).append(op)
+    found = {"attention": [], "normalization": []}
+    for op in report.ops:
+        if op["op"] in ("BATCH_MATMUL", "SOFTMAX") and _inside(op, attention):
+            found["attention"].append(op)
+        if op["op"] == "RSQRT" and _inside(op, norms):
+            found["normalization"] += _norm_island(op, producer, consumers)
+    return found
+
+
 def float_island_nodes(calibrated: bytes, graph, keep_float) -> list:
     """Output-tensor names of the ops ``keep_float`` keeps in float32: the attention
-    cores' BATCH_MATMUL / SOFTMAX and the norm statistics' ADD(eps) + RSQRT.
+    cores' BATCH_MATMUL / SOFTMAX and the norms' statistics (:func:`_norm_island`).
 
     Raises ``RuntimeError`` when the graph has attention or norm layers but none of
     their ops is found: the file would silently be all-int8 (slow on CPUs)."""
     keep_float = parse_keep_float(keep_float)
     attention, norms = _island_layers(graph)
-    report = inspect_tflite(calibrated)
-    producer = {t["index"]: op for op in report.ops for t in op["outputs"]}
-    found = {"attention": [], "normalization": []}
-    for op in report.ops:
-        if op["op"] in ("BATCH_MATMUL", "SOFTMAX") and _inside(op, attention):
-            found["attention"].append(op["outputs"][0]["name"])
-        if op["op"] == "RSQRT" and _inside(op, norms):
-            found["normalization"].append(op["outputs"][0]["name"])
-            src = producer.get(op["inputs"][0]["index"])
-            if src is not None and src["op"] == "ADD":
-                found["normalization"].append(src["outputs"][0]["name"])
+    found = _island_ops(inspect_tflite(calibrated), attention, norms)
     for island, layers in (("attention", attention), ("normalization", norms)):
         if island in keep_float and layers and not found[island]:
             raise RuntimeError(
@@ -103,7 +141,8 @@ def float_island_nodes(calibrated: bytes, graph, keep_float) -> list:
                 f"(e.g. {layers[0]!r}) was found in the converted graph; the converter's "
                 "tensor names changed? (quantization.export_convert._inside)"
             )
-    return [name for island in keep_float for name in found[island]]
+    names = [op["outputs"][0]["name"] for island in keep_float for op in found[island]]
+    return list(dict.fromkeys(names))
 
 
 def run_converter(converter) -> bytes:

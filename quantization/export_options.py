@@ -122,7 +122,8 @@ TARGETS = tuple(member.value for member in Target)
 # delegated graph and runs in TFLite's slower builtin kernels.
 FLOAT_ISLANDS = {
     "attention": "BATCH_MATMUL + SOFTMAX of the attention cores",
-    "normalization": "ADD(eps) + RSQRT of the LayerNorm / GroupNorm statistics",
+    "normalization": "the LayerNorm / GroupNorm statistics: square, variance MEAN, ADD(eps), "
+    "RSQRT and the normalizing MUL",
 }
 
 

@@ -45,7 +45,8 @@ class QuantizeConfig:
             like layers annotated with :func:`quantization.quantize_annotate_layer`.
         keep_float: parts left in float32 inside the int8 model for CPU speed
             (``"attention"``: the attention cores' matmuls and softmax;
-            ``"normalization"``: the ``ADD(eps) + RSQRT`` of the norms), as
+            ``"normalization"``: the norms' statistics, from the squared centered input
+            to the normalized output), as
             ``export_tflite(..., keep_float=...)`` does for PTQ. Generic target only.
     """
 

@@ -53,7 +53,7 @@ def photo_folder(tmp_path):
 
 
 # ops the cpu target keeps in float32: attention matmuls / softmax, norm statistics
-CPU_FLOAT_OPS = {"BATCH_MATMUL", "SOFTMAX", "RSQRT", "ADD"}
+CPU_FLOAT_OPS = {"BATCH_MATMUL", "SOFTMAX", "MUL", "MEAN", "ADD", "RSQRT"}
 
 
 def _float_op_names(report) -> set:

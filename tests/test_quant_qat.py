@@ -240,6 +240,7 @@ def test_keep_float_and_config_errors(tmp_path, crops):
         "SUM",
         "ADD",
         "RSQRT",
+        "MEAN",
         "RESHAPE",
     }
     with pytest.raises(ValueError, match="never set"):
@@ -319,3 +320,37 @@ def test_older_quant_conv_file_is_a_clear_error(tmp_path):
             archive.writestr(name, data)
     with pytest.raises(ValueError, match="older mvit3-keras.*QuantConv2D.*quantize_model"):
         keras.models.load_model(old)
+
+
+def test_float_statistics_keep_the_normalized_output_bounded():
+    """``(x - mean) / std`` over C values lies within ``sqrt(C - 1)`` of 0. With float
+    statistics a quiet token beside a loud one (centered values a few int8 steps wide)
+    keeps its variance; an int8 squared input would round it to 0 and ``rsqrt(eps)``
+    scale it ~300x (the normalized range was +-2018 here before the fix)."""
+    channels = 16
+    x = np.random.default_rng(0).normal(size=(8, 6, channels)).astype("float32")
+    x[:, 0] *= 100.0  # one loud token per sequence
+    x[:, 1:] *= 2.0
+    layer = QuantNormalization(axes=[-1], float_statistics=True, center=False, scale=False)
+    layer.build(x.shape)
+    for quantizer in layer.quantizers.values():
+        quantizer.force_update = True
+    layer(x, training=False)
+    normalized = layer.quantizers["normalized"]
+    bound = np.sqrt(channels - 1)
+    assert -bound <= float(normalized.range_min) and float(normalized.range_max) <= bound
+    assert set(layer.quantizers) == {"mean", "centered", "normalized"}
+
+
+def test_keep_float_normalization_exports_a_random_network(tmp_path, crops):
+    """The seed whose QAT model collapsed to a constant output (its normalized ranges
+    blown up by zero int8 variances) and whose file LiteRT refused to run."""
+    model = _float_model("mobilevitv3_xxs", seed=1)
+    qat = quantize_model(model, QuantizeConfig(keep_float=("normalization",)))
+    calibrate_ranges(qat, crops[:8])
+    ref = qat.predict(crops[8:], verbose=0)
+    assert np.std(ref) > 0.1 * np.std(model.predict(crops[8:], verbose=0))
+    path = tmp_path / "norm_float.tflite"
+    export_tflite(qat, path, quant="qat")
+    cos = cosine_similarity(run_tflite(path, crops[8:]), ref).mean()
+    assert cos > 0.95, cos

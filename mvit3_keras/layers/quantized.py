@@ -380,7 +380,9 @@ class _QuantizedTwin:
 @keras.saving.register_keras_serializable(package="mvit3_keras")
 class QuantNormalization(_QuantizedTwin, NormalizationExport):
     """:class:`NormalizationExport` with every intermediate tensor quantized and gamma /
-    beta as quantized constants (``float_statistics``: ``ADD(eps) + RSQRT`` in float).
+    beta as quantized constants (``float_statistics``: from the squared centered input to
+    the normalized output in float: an int8 variance rounds a token whose variance is
+    below 1/255 of the largest to 0 and ``rsqrt(eps)`` blows it up ~300x).
     One MEAN over all ``axes`` by default (``stepwise_statistics=False``).
     ``quantize_output=False``: the output's range is a
     :class:`~mvit3_keras.layers.SharedRangeQuantizer`'s."""
@@ -415,7 +417,7 @@ class QuantNormalization(_QuantizedTwin, NormalizationExport):
         super().build(input_shape)
         unused = set()
         if self.float_statistics:
-            unused |= {"variance_eps", "rsqrt"}
+            unused |= {"squared", "variance", "variance_eps", "rsqrt"}
         if not self.scale:
             unused.add("scaled")
         if not self.center:
