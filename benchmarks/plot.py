@@ -79,46 +79,44 @@ def series_tflite(data, threads=2):
     return out
 
 
-def plot(output_dir) -> str | None:
+def _two_panels(output_dir, sources: tuple, panels: tuple, filename: str) -> str | None:
+    """One figure of two panels: ``panels[i](axis, data of sources[i])`` (a JSON of
+    ``output_dir``, ``None`` when absent), written as ``filename``; ``None`` when no
+    source exists."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    inf = _load(os.path.join(output_dir, "inference.json"))
-    tfl = _load(os.path.join(output_dir, "tflite_latency.json"))
-    if inf is None and tfl is None:
-        print(f"[plot] no inference.json / tflite_latency.json in {output_dir}: nothing to plot")
+    data = [_load(os.path.join(output_dir, name)) for name in sources]
+    if all(d is None for d in data):
+        print(f"[plot] no {' / '.join(sources)} in {output_dir}: no {filename}")
         return None
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    _plot_inference(axes[0], inf)
-    _plot_tflite(axes[1], tfl)
-    load = (inf or tfl or {}).get("machine", {})
+    for axis, draw, values in zip(axes, panels, data):
+        draw(axis, values)
+    machine = next(d for d in data if d is not None).get("machine", {})
     fig.suptitle(
-        f"mvit3-keras benchmarks - {load.get('processor', '')}, {load.get('cpu_count', '?')} cores",
+        f"mvit3-keras benchmarks - {machine.get('processor', '')}, "
+        f"{machine.get('cpu_count', '?')} cores",
         fontsize=10,
     )
     fig.tight_layout()
-    return _save(fig, output_dir, "latency_vs_macs.png")
+    return _save(fig, output_dir, filename)
+
+
+def plot(output_dir) -> str | None:
+    """``latency_vs_macs.png`` from ``inference.json`` and ``tflite_latency.json``."""
+    sources = ("inference.json", "tflite_latency.json")
+    panels = (_plot_inference, _plot_tflite)
+    return _two_panels(output_dir, sources, panels, "latency_vs_macs.png")
 
 
 def plot_limits(output_dir) -> str | None:
     """``limits_and_scaling.png`` from ``variant_latency.json`` and ``scaling.json``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    variants = _load(os.path.join(output_dir, "variant_latency.json"))
-    scaling = _load(os.path.join(output_dir, "scaling.json"))
-    if variants is None and scaling is None:
-        print(f"[plot] no variant_latency.json / scaling.json in {output_dir}: no limits plot")
-        return None
-    fig, axes = plt.subplots(1, 2, figsize=(14, 5.5))
-    _plot_peak_fractions(axes[0], variants)
-    _plot_scaling(axes[1], scaling)
-    fig.tight_layout()
-    return _save(fig, output_dir, "limits_and_scaling.png")
+    sources = ("variant_latency.json", "scaling.json")
+    panels = (_plot_peak_fractions, _plot_scaling)
+    return _two_panels(output_dir, sources, panels, "limits_and_scaling.png")
 
 
 def _plot_peak_fractions(ax, variants) -> None:
