@@ -396,6 +396,23 @@ def wrap_quantized(model: keras.Model, config: QuantizeConfig, skipped=frozenset
     return clone_with(model, replace, call_function=call_function)
 
 
+def _check_float32(model) -> None:
+    """QAT computes in float32 (the int8 file's ranges and rounding are float32's); a
+    model built under a mixed-precision policy keeps that policy in every layer's
+    config, so its twins would too."""
+    mixed = [x for x in iter_layers(model) if x.dtype_policy.compute_dtype != "float32"]
+    if mixed:
+        raise ValueError(
+            f"{len(mixed)} layers of {model.name!r} compute in "
+            f"{mixed[0].dtype_policy.compute_dtype} (policy {mixed[0].dtype_policy.name!r}, "
+            f"e.g. {mixed[0].name!r}); quantization-aware training computes in float32. "
+            "Rebuild the model under the float32 policy and copy its weights: "
+            "keras.config.set_dtype_policy('float32'); "
+            "float32_model = mvit3_keras.rebuild_model(mvit3_keras.model_record(model)); "
+            "float32_model.set_weights(model.get_weights())"
+        )
+
+
 def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) -> keras.Model:
     """A quantization-aware copy of ``model`` (weights copied, ready for ``fit``).
 
@@ -408,6 +425,7 @@ def quantize_model(model: keras.Model, config: Optional[QuantizeConfig] = None) 
     config = config or QuantizeConfig()
     if is_qat_model(model):
         raise ValueError("the model is already quantization-aware")
+    _check_float32(model)
     skipped = frozenset(layer.name for layer in iter_layers(model) if config.skips(layer))
     prepared = prepare_for_export(model, config.target, batch_size=None, split_attention=False)
     for layer in iter_layers(prepared):

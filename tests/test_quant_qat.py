@@ -354,3 +354,18 @@ def test_keep_float_normalization_exports_a_random_network(tmp_path, crops):
     export_tflite(qat, path, quant="qat")
     cos = cosine_similarity(run_tflite(path, crops[8:]), ref).mean()
     assert cos > 0.95, cos
+
+
+def test_mixed_precision_model_gets_a_fix_that_works():
+    """A model built under ``mixed_float16`` is refused in one place with a recipe, and
+    the recipe (rebuild under float32, copy the weights) gives a model that quantizes."""
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = m.create_model("mobilevitv3_xxs", input_shape=(32, 32, 3), num_classes=10)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    with pytest.raises(ValueError, match="compute in float16.*rebuild_model"):
+        quantize_model(model)
+    float32_model = m.rebuild_model(m.model_record(model))
+    float32_model.set_weights(model.get_weights())
+    assert is_qat_model(quantize_model(float32_model))
