@@ -53,8 +53,8 @@ def require_float32_policy(layer) -> None:
         raise ValueError(
             f"{type(layer).__name__} {layer.name!r}: quantization-aware layers compute in "
             f"float32, but its dtype policy is {layer.dtype_policy.name!r} (compute "
-            f"{compute}); build the QAT model under the float32 policy "
-            "(keras.config.set_dtype_policy('float32') before quantization.quantize_model)"
+            f"{compute}); create it with dtype='float32' (quantization.quantize_model "
+            "makes every twin float32 from a float32 model)"
         )
 
 
@@ -247,7 +247,7 @@ class QuantDense(QuantConv, keras.layers.Dense):
 
     def apply_kernel(self, x, kernel):
         cin, cout = kernel.shape
-        kernel = ops.reshape(kernel, (1, 1, cin, cout))
+        kernel = self.channels_last_kernel(kernel)  # [1, 1, in, out]
         shape = x.shape
         if len(shape) == 4:
             return ops.conv(x, kernel, padding="valid")
